@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# regcred's local test stack, all on 127.0.0.1 (see testenv/README.md):
+#   etcd + kube-apiserver built from the Kubernetes Go modules (testenv/go.mod), RBAC on;
+#   moto as AWS, wrapped by testenv/fake_aws.py (token lifetimes, ECR Public, call counters);
+#   Debian's docker-registry with TLS and htpasswd auth, holding one test image.
+#
+#   scripts/testenv.sh install   apt packages, Python venv, Go builds (cached; fast when present)
+#   scripts/testenv.sh up        install if needed, start what is down, write .testenv/env
+#   scripts/testenv.sh down      stop what `up` started (by recorded PID), wipe the data
+#   scripts/testenv.sh status    what runs (exit 0 only when everything is up and healthy)
+#   scripts/testenv.sh env       print the path of the env file (`source "$(... env)"`)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TESTENV=$ROOT/testenv
+STATE=$ROOT/.testenv
+CACHE=${REGCRED_CACHE_DIR:-$HOME/.cache/regcred}
+
+ETCD_PORT=23790 ETCD_PEER_PORT=23800 APISERVER_PORT=26443
+AWS_PORT=25000 PUBLIC_PORT=25001 REGISTRY_PORT=25002
+ACCOUNT=123456789012
+PASSWORD=$ACCOUNT-auth-token # the password in moto's ECR token (moto/ecr/responses.py)
+IMAGE=127.0.0.1:$REGISTRY_PORT/regcred/hello:1.0
+READY_TIMEOUT=${REGCRED_TEST_READY_TIMEOUT:-180}
+SERVICES=(etcd kube-apiserver fake-aws registry) # start order; stopped in reverse
+
+sha12() { cat "$@" | sha256sum | cut -c1-12; }
+K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3} $1 == "k8s.io/kubernetes" {print $2}' "$TESTENV/go.mod")
+# Stamp the version as Kubernetes' own build does; without it the server reports
+# v0.0.0-master+$Format:%H$, which kubectl (and maybe other clients) cannot parse.
+LDFLAGS="" K8S_MINOR=${K8S_VERSION#v1.} K8S_MINOR=${K8S_MINOR%%.*}
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$K8S_MINOR -X $pkg.gitTreeState=clean"
+done
+# The folder names change with go.sum, the build flags, or requirements.txt.
+GOBIN_DIR=$CACHE/go-k8s-$K8S_VERSION-$(sha12 "$TESTENV/go.sum" <(echo "$LDFLAGS"))/bin
+VENV=$CACHE/venv-$(sha12 "$TESTENV/requirements.txt")
+
+log() { echo "testenv: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------- install
+
+install_apt() {
+  local missing=() pair
+  for pair in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl curl:curl; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  [ ${#missing[@]} -eq 0 ] && return
+  [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]} (run as root, or: sudo apt-get install -y ${missing[*]})"
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q "${missing[@]}" >&2
+  for pair in docker-registry skopeo htpasswd openssl curl; do
+    command -v "$pair" >/dev/null || die "$pair still missing after apt-get install"
+  done
+}
+
+install_venv() {
+  # A venv is not relocatable, so it is built in place; .complete marks a finished one.
+  [ -e "$VENV/.complete" ] && "$VENV/bin/python" -c '' 2>/dev/null && return
+  log "creating Python venv $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$TESTENV/requirements.txt" >&2
+  touch "$VENV/.complete"
+}
+
+install_go() {
+  [ -x "$GOBIN_DIR/kube-apiserver" ] && [ -x "$GOBIN_DIR/etcd" ] && return
+  command -v go >/dev/null || die "go is not installed (needed to build kube-apiserver and etcd)"
+  # Build into a temp folder and rename it into place: a killed build leaves no half binary.
+  local start=$SECONDS
+  GO_TMP=$(mktemp -d "$CACHE/go-build.XXXXXX")
+  trap 'rm -rf "$GO_TMP"' EXIT
+  chmod 755 "$GO_TMP" # mktemp makes it 0700
+  log "building kube-apiserver $K8S_VERSION and etcd into $GOBIN_DIR (first time only; about 7 min on 2 cores)"
+  (cd "$TESTENV" && CGO_ENABLED=0 go build -trimpath -ldflags="$LDFLAGS" -o "$GO_TMP/bin/" \
+    k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3) >&2
+  # go names the etcd main package (module root go.etcd.io/etcd/server/v3) "server"
+  mv "$GO_TMP/bin/server" "$GO_TMP/bin/etcd"
+  rm -rf "$(dirname "$GOBIN_DIR")"
+  mv "$GO_TMP" "$(dirname "$GOBIN_DIR")"
+  trap - EXIT
+  log "Go build took $((SECONDS - start))s"
+}
+
+install() {
+  mkdir -p "$CACHE"
+  exec 8>"$CACHE/install.lock" # one install at a time per cache (parallel `up`s)
+  flock 8
+  install_apt
+  install_venv
+  install_go
+  exec 8>&-
+}
+
+# ---------------------------------------------------------------------------- config files
+
+make_pki() {
+  local d=$STATE/pki
+  [ -e "$d/.complete" ] && return
+  rm -rf "$d" && mkdir -p "$d/registry-certs"
+  log "creating test CA and certificates in $d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=regcred-test-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  local serving="subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
+  leaf_cert apiserver "/CN=kube-apiserver" "$serving"
+  leaf_cert registry "/CN=regcred-test-registry" "$serving"
+  leaf_cert admin "/O=system:masters/CN=regcred-admin" "extendedKeyUsage=clientAuth"
+  # The service-account token signing key pair.
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/sa.key" 2>/dev/null
+  openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub"
+  cp "$d/ca.crt" "$d/registry-certs/ca.crt" # skopeo's --cert-dir wants a folder of *.crt
+  touch "$d/.complete"
+}
+
+leaf_cert() { # NAME SUBJECT EXTENSIONS: a key and a certificate signed by the test CA
+  local d=$STATE/pki
+  openssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
+  openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n%b\n' "$3") \
+    -out "$d/$1.crt" 2>/dev/null
+  rm "$d/$1.csr"
+}
+
+write_files() {
+  local pki=$STATE/pki b64='base64 -w0'
+  cat >"$STATE/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: regcred-test
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $($b64 "$pki/ca.crt")
+users:
+- name: regcred-admin
+  user:
+    client-certificate-data: $($b64 "$pki/admin.crt")
+    client-key-data: $($b64 "$pki/admin.key")
+contexts:
+- name: regcred-test
+  context: {cluster: regcred-test, user: regcred-admin, namespace: default}
+current-context: regcred-test
+EOF
+  chmod 600 "$STATE/kubeconfig"
+  # Always our own policy, so skopeo behaves the same whether /etc/containers has one or not.
+  echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$STATE/policy.json"
+  mkdir -p "$STATE/registry"
+  [ -s "$STATE/registry/htpasswd" ] || htpasswd -Bbc "$STATE/registry/htpasswd" AWS "$PASSWORD" 2>/dev/null
+  cat >"$STATE/registry/config.yml" <<EOF
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $STATE/data/registry}
+  delete: {enabled: true}
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: regcred-test-only
+  tls: {certificate: $pki/registry.crt, key: $pki/registry.key}
+auth:
+  htpasswd: {realm: regcred-test, path: $STATE/registry/htpasswd}
+EOF
+}
+
+write_env() {
+  local k v
+  {
+    echo "# written by scripts/testenv.sh up; values never need quoting"
+    while read -r k v; do printf 'export %s=%s\n' "$k" "$v"; done <<EOF
+KUBECONFIG $STATE/kubeconfig
+REGCRED_TEST_APISERVER https://127.0.0.1:$APISERVER_PORT
+REGCRED_TEST_CA $STATE/pki/ca.crt
+REGCRED_TEST_STATE $STATE
+REGCRED_TEST_ETCD http://127.0.0.1:$ETCD_PORT
+AWS_ENDPOINT_URL http://127.0.0.1:$AWS_PORT
+AWS_ENDPOINT_URL_ECR_PUBLIC http://127.0.0.1:$PUBLIC_PORT
+AWS_ACCESS_KEY_ID testing
+AWS_SECRET_ACCESS_KEY testing
+AWS_REGION us-east-1
+AWS_DEFAULT_REGION us-east-1
+REGCRED_TEST_ACCOUNT $ACCOUNT
+REGCRED_TEST_PASSWORD $PASSWORD
+REGCRED_TEST_REGISTRY 127.0.0.1:$REGISTRY_PORT
+REGCRED_TEST_IMAGE $IMAGE
+REGCRED_TEST_CERT_DIR $STATE/pki/registry-certs
+REGCRED_TEST_POLICY $STATE/policy.json
+REGCRED_TEST_CONTROL http://127.0.0.1:$AWS_PORT/_regcred
+REGCRED_TEST_BIN $GOBIN_DIR
+REGCRED_TEST_VENV $VENV
+EOF
+  } >"$STATE/env.tmp"
+  mv "$STATE/env.tmp" "$STATE/env"
+}
+
+# ---------------------------------------------------------------------------- services
+
+# Per service: the command line, a string its /proc cmdline must contain (so a recycled PID
+# is never taken for ours), its port and its health check.
+svc_cmd() {
+  case $1 in
+    etcd) echo "$TESTENV/start-etcd.sh $ETCD_PORT $ETCD_PEER_PORT $STATE/data/etcd" ;;
+    kube-apiserver) echo "$TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
+    fake-aws) echo "$VENV/bin/python $TESTENV/fake_aws.py --port $AWS_PORT --public-port $PUBLIC_PORT --log $STATE/logs/fake-aws.log" ;;
+    registry) echo "/usr/bin/docker-registry serve $STATE/registry/config.yml" ;;
+  esac
+}
+svc_match() {
+  case $1 in
+    etcd) echo "--data-dir=$STATE/data/etcd" ;;
+    kube-apiserver) echo "--secure-port=$APISERVER_PORT" ;;
+    fake-aws) echo "fake_aws.py --port $AWS_PORT" ;;
+    registry) echo "$STATE/registry/config.yml" ;;
+  esac
+}
+svc_port() {
+  case $1 in
+    etcd) echo $ETCD_PORT ;; kube-apiserver) echo $APISERVER_PORT ;;
+    fake-aws) echo $AWS_PORT ;; registry) echo $REGISTRY_PORT ;;
+  esac
+}
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }
+svc_healthy() {
+  case $1 in
+    etcd) curl -sf --max-time 3 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"' ;;
+    kube-apiserver) [ "$(http_code --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
+      --key "$STATE/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz")" = 200 ] ;;
+    fake-aws) [ "$(http_code "http://127.0.0.1:$AWS_PORT/_regcred/health")" = 200 ] &&
+      [ "$(http_code "http://127.0.0.1:$PUBLIC_PORT/_regcred/health")" = 200 ] ;;
+    registry) [ "$(http_code --cacert "$STATE/pki/ca.crt" "https://127.0.0.1:$REGISTRY_PORT/v2/")" = 401 ] ;;
+  esac
+}
+
+svc_ready_what() { [ "$1" = kube-apiserver ] && echo "/readyz OK" || echo healthy; }
+
+live_pid() { # prints the recorded PID of SERVICE if that process is still ours
+  local pid
+  pid=$(cat "$STATE/pids/$1.pid" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(svc_match "$1")" || return 1
+  echo "$pid"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_healthy() { # SERVICE PID
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until svc_healthy "$1"; do
+    kill -0 "$2" 2>/dev/null || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 exited; log: $STATE/logs/$1.log"; }
+    [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 not healthy after ${READY_TIMEOUT}s"; }
+    sleep 0.5
+  done
+}
+
+ms() { date +%s%3N; }
+
+start_svc() {
+  local name=$1 pid start
+  start=$(ms)
+  if pid=$(live_pid "$name"); then
+    wait_healthy "$name" "$pid"
+    return
+  fi
+  port_busy "$(svc_port "$name")" &&
+    die "port $(svc_port "$name") ($name) is taken by a process this stack did not start (another checkout's stack?)"
+  echo "=== $(date -u +%FT%TZ) starting: $(svc_cmd "$name")" >>"$STATE/logs/$name.log"
+  # setsid: own session, so the server outlives this script and its terminal. The lock
+  # fds 8 and 9 are closed so a running server never holds the `up` lock.
+  # shellcheck disable=SC2046 # the command line is word-split on purpose (no spaces in paths)
+  setsid $(svc_cmd "$name") </dev/null >>"$STATE/logs/$name.log" 2>&1 8>&- 9>&- &
+  pid=$!
+  echo "$pid" >"$STATE/pids/$name.pid"
+  wait_healthy "$name" "$pid"
+  log "$name started (pid $pid), $(svc_ready_what "$name") after $(( $(ms) - start )) ms"
+}
+
+stop_svc() {
+  local name=$1 pid i
+  if pid=$(live_pid "$name"); then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name (pid $pid) ignored SIGTERM for 10s; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$STATE/pids/$name.pid"
+}
+
+push_image() {
+  local skopeo=(skopeo --policy "$STATE/policy.json")
+  "${skopeo[@]}" inspect --creds "AWS:$PASSWORD" --cert-dir "$STATE/pki/registry-certs" \
+    "docker://$IMAGE" >/dev/null 2>&1 && return
+  rm -rf "$STATE/image"
+  "$VENV/bin/python" "$TESTENV/make_image.py" "$STATE/image" 1.0 >/dev/null
+  "${skopeo[@]}" copy -q --dest-creds "AWS:$PASSWORD" --dest-cert-dir "$STATE/pki/registry-certs" \
+    "oci:$STATE/image:1.0" "docker://$IMAGE" >&2
+  log "pushed $IMAGE"
+}
+
+# ---------------------------------------------------------------------------- commands
+
+lock_state() {
+  mkdir -p "$STATE"/{pki,data,logs,pids}
+  exec 9>"$STATE/lock" # serialise up/down: parallel test binaries may all call `up`
+  flock -w 900 9 || die "timed out waiting for $STATE/lock"
+}
+
+up() {
+  install
+  lock_state
+  make_pki
+  ln -sfn "$GOBIN_DIR" "$STATE/bin" # start-*.sh find the binaries here
+  write_files
+  local name
+  for name in "${SERVICES[@]}"; do start_svc "$name"; done
+  push_image
+  write_env
+  log "up; env: $STATE/env"
+}
+
+down() {
+  lock_state
+  local i
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_svc "${SERVICES[i]}"; done
+  rm -rf "$STATE/data" "$STATE/image" "$STATE/env"
+}
+
+status() {
+  local name pid ok=0
+  for name in "${SERVICES[@]}"; do
+    if pid=$(live_pid "$name"); then
+      if svc_healthy "$name"; then echo "$name: running (pid $pid), healthy"
+      else echo "$name: running (pid $pid), NOT healthy"; ok=1; fi
+    else
+      echo "$name: stopped"; ok=1
+    fi
+  done
+  return $ok
+}
+
+case ${1:-} in
+  install) install ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) echo "$STATE/env"; [ -e "$STATE/env" ] ;;
+  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
+esac
