@@ -237,10 +237,13 @@ svc_healthy() {
 
 svc_ready_what() { [ "$1" = kube-apiserver ] && echo "/readyz OK" || echo healthy; }
 
+# kill -0 alone is not enough: a stopped server stays a zombie until PID 1 reaps it.
+alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]; }
+
 live_pid() { # prints the recorded PID of SERVICE if that process is still ours
   local pid
   pid=$(cat "$STATE/pids/$1.pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(svc_match "$1")" || return 1
   echo "$pid"
 }
@@ -250,7 +253,7 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_healthy() { # SERVICE PID
   local deadline=$((SECONDS + READY_TIMEOUT))
   until svc_healthy "$1"; do
-    kill -0 "$2" 2>/dev/null || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 exited; log: $STATE/logs/$1.log"; }
+    alive "$2" || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 exited; log: $STATE/logs/$1.log"; }
     [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE/logs/$1.log" >&2; die "$1 not healthy after ${READY_TIMEOUT}s"; }
     sleep 0.5
   done
@@ -282,8 +285,8 @@ stop_svc() {
   local name=$1 pid i
   if pid=$(live_pid "$name"); then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for i in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
       log "$name (pid $pid) ignored SIGTERM for 10s; killing"
       kill -KILL "$pid" 2>/dev/null || true
     fi
