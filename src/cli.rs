@@ -1,0 +1,50 @@
+//! The command line: one subcommand per mode, and dispatch to it.
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogArgs;
+use crate::{Error, Exit};
+
+/// Keeps Kubernetes image-pull secrets for private Amazon ECR registries valid.
+#[derive(Parser, Debug)]
+#[command(name = "regcred", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One full reconciliation pass over every selected namespace, then exit with a summary.
+    Sync(crate::sync::SyncArgs),
+    /// Print the .dockerconfigjson, or a Secret manifest, for the configured registries.
+    Render(crate::render::RenderArgs),
+}
+
+impl Command {
+    /// The async runtime the mode needs.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    }
+
+    /// Runs the mode.
+    pub async fn dispatch(self) -> Result<Exit, Error> {
+        match self {
+            Self::Sync(args) => crate::sync::run(&args).await,
+            Self::Render(args) => crate::render::run(&args).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

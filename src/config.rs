@@ -1,0 +1,707 @@
+//! Configuration: the YAML file of the spec, or the single-secret flags, validated into
+//! typed values before anything talks to Kubernetes or AWS.
+//!
+//! Every bad value fails here with the field named (`secrets[0].registries[1]: ...`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::Args;
+use jiff::SignedDuration;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::namespaces::{Glob, LabelSelector, Selection};
+use crate::registry::{self, Registry, Role, TokenSource};
+
+/// Why the configuration was refused. Every variant means exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("config file {path}: {field}: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("--{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+    #[error("no registries configured: give --config FILE (or REGCRED_CONFIG) or at least one --registry HOST")]
+    Nothing,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub secrets: Vec<SecretConfig>,
+    pub refresh: Refresh,
+}
+
+/// One managed Secret name and what goes in it, where.
+#[derive(Clone, Debug)]
+pub struct SecretConfig {
+    pub name: SecretName,
+    pub registries: Vec<RegistryConfig>,
+    pub namespaces: Selection,
+    pub service_accounts: ServiceAccounts,
+    pub adopt: bool,
+}
+
+/// A registry and the role (if any) to assume for its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub registry: Registry,
+    pub role: Option<Role>,
+}
+
+impl RegistryConfig {
+    #[must_use]
+    pub fn token_source(&self) -> TokenSource {
+        TokenSource::of(&self.registry, self.role.clone())
+    }
+}
+
+/// Which ServiceAccounts get the secret in `imagePullSecrets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServiceAccounts {
+    #[default]
+    None,
+    All,
+    Named(BTreeSet<String>),
+}
+
+impl ServiceAccounts {
+    #[must_use]
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::All => true,
+            Self::Named(names) => names.contains(name),
+        }
+    }
+
+    #[must_use]
+    pub fn is_none(&self) -> bool {
+        matches!(self, Self::None)
+    }
+
+    fn from_names(names: Vec<ServiceAccountName>) -> Self {
+        if names.is_empty() {
+            Self::None
+        } else if names.iter().any(|n| n.0 == "*") {
+            Self::All
+        } else {
+            Self::Named(names.into_iter().map(|n| n.0).collect())
+        }
+    }
+}
+
+/// Timing of token renewal and of retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refresh {
+    /// Renew when less than this is left of a token.
+    pub before: SignedDuration,
+    pub retry_min: SignedDuration,
+    pub retry_max: SignedDuration,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Self {
+            before: SignedDuration::from_hours(6),
+            retry_min: SignedDuration::from_secs(5),
+            retry_max: SignedDuration::from_mins(5),
+        }
+    }
+}
+
+impl Config {
+    /// Every distinct registry host, sorted.
+    #[must_use]
+    pub fn hosts(&self) -> BTreeSet<String> {
+        self.secrets
+            .iter()
+            .flat_map(|s| s.registries.iter().map(|r| r.registry.host().to_owned()))
+            .collect()
+    }
+
+    /// Every distinct secret name.
+    #[must_use]
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        self.secrets.iter().map(|s| s.name.to_string()).collect()
+    }
+
+    /// Whether any secret patches ServiceAccounts.
+    #[must_use]
+    pub fn patches_service_accounts(&self) -> bool {
+        self.secrets.iter().any(|s| !s.service_accounts.is_none())
+    }
+
+    /// Every distinct token source.
+    #[must_use]
+    pub fn token_sources(&self) -> BTreeSet<TokenSource> {
+        self.secrets
+            .iter()
+            .flat_map(|s| s.registries.iter().map(RegistryConfig::token_source))
+            .collect()
+    }
+
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self> {
+        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| Error::Yaml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        // An empty file is an empty mapping.
+        let value = if value.is_null() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            value
+        };
+        let field_error = |field: String, message: String| Error::Field {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let file: File = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "(top level)".to_owned() } else { field };
+            field_error(field, e.into_inner().to_string())
+        })?;
+        file.validate().map_err(|(field, message)| field_error(field, message))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(path, &text)
+    }
+}
+
+/// The configuration flags every mode shares: a file, or one secret described by flags.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Configuration file (YAML).
+    #[arg(long, env = "REGCRED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Registry host to serve (repeatable). ECR hosts only; aliases need the config file.
+    #[arg(long = "registry", env = "REGCRED_REGISTRIES", value_name = "HOST", value_delimiter = ',', value_parser = parse_registry)]
+    pub registries: Vec<Registry>,
+    /// Name of the Secret to keep in each namespace.
+    #[arg(long, env = "REGCRED_SECRET_NAME", value_name = "NAME")]
+    pub secret_name: Option<SecretName>,
+    /// Namespaces to serve, as globs (repeatable; default all).
+    #[arg(long = "namespace", env = "REGCRED_NAMESPACES", value_name = "GLOB", value_delimiter = ',')]
+    pub namespaces: Vec<Glob>,
+    /// Namespaces to leave alone, as globs (repeatable; default the kube-* system namespaces).
+    #[arg(long = "exclude-namespace", env = "REGCRED_EXCLUDE_NAMESPACES", value_name = "GLOB", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<Glob>,
+    /// Only namespaces whose labels match this selector.
+    #[arg(long, env = "REGCRED_NAMESPACE_SELECTOR", value_name = "SELECTOR")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// ServiceAccount to add the secret to (repeatable; "*" for all).
+    #[arg(long = "service-account", env = "REGCRED_SERVICE_ACCOUNTS", value_name = "NAME", value_delimiter = ',')]
+    pub service_accounts: Vec<ServiceAccountName>,
+    /// Take over an existing secret of the same name that regcred did not create.
+    #[arg(long, env = "REGCRED_ADOPT")]
+    pub adopt: bool,
+}
+
+fn parse_registry(s: &str) -> Result<Registry, registry::Error> {
+    Registry::parse(s)
+}
+
+impl ConfigArgs {
+    fn has_secret_flags(&self) -> bool {
+        !self.registries.is_empty()
+            || self.secret_name.is_some()
+            || !self.namespaces.is_empty()
+            || !self.exclude_namespaces.is_empty()
+            || self.namespace_selector.is_some()
+            || !self.service_accounts.is_empty()
+            || self.adopt
+    }
+
+    /// The configuration, from the file or from the flags (not both).
+    pub fn load(&self) -> Result<Config> {
+        if let Some(path) = &self.config {
+            if self.has_secret_flags() {
+                return Err(Error::Flag {
+                    flag: "config",
+                    message: "cannot be combined with --registry, --secret-name, --namespace, \
+                              --exclude-namespace, --namespace-selector, --service-account or \
+                              --adopt; put those in the file"
+                        .into(),
+                });
+            }
+            return Config::from_file(path);
+        }
+        if self.registries.is_empty() {
+            return Err(if self.has_secret_flags() {
+                Error::Flag {
+                    flag: "registry",
+                    message: "at least one registry host is needed".into(),
+                }
+            } else {
+                Error::Nothing
+            });
+        }
+        let mut namespaces = Selection::default();
+        if !self.namespaces.is_empty() {
+            namespaces.include.clone_from(&self.namespaces);
+        }
+        if !self.exclude_namespaces.is_empty() {
+            namespaces.exclude.clone_from(&self.exclude_namespaces);
+        }
+        namespaces.selector.clone_from(&self.namespace_selector);
+        let secret = SecretConfig {
+            name: self.secret_name.clone().unwrap_or_default(),
+            registries: self
+                .registries
+                .iter()
+                .map(|r| RegistryConfig {
+                    registry: r.clone(),
+                    role: None,
+                })
+                .collect(),
+            namespaces,
+            service_accounts: ServiceAccounts::from_names(self.service_accounts.clone()),
+            adopt: self.adopt,
+        };
+        let mut hosts = BTreeSet::new();
+        for r in &secret.registries {
+            if !hosts.insert(r.registry.host()) {
+                return Err(Error::Flag {
+                    flag: "registry",
+                    message: format!("{} is given twice", r.registry.host()),
+                });
+            }
+        }
+        Ok(Config {
+            secrets: vec![secret],
+            refresh: Refresh::default(),
+        })
+    }
+}
+
+/// A Secret name: a DNS-1123 subdomain.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretName(String);
+
+impl Default for SecretName {
+    fn default() -> Self {
+        Self("regcred".into())
+    }
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl SecretName {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl FromStr for SecretName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if is_dns_subdomain(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"
+            ))
+        }
+    }
+}
+
+/// A ServiceAccount name, or `*` for all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountName(String);
+
+impl FromStr for ServiceAccountName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "*" || is_dns_subdomain(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not a valid ServiceAccount name (or \"*\")"))
+        }
+    }
+}
+
+/// A positive duration such as `6h`, `90s`, `1h30m` or ISO 8601 `PT6H`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Duration(SignedDuration);
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d: SignedDuration = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (use e.g. 30s, 5m, 6h, 1h30m)"))?;
+        if d.is_positive() {
+            Ok(Self(d))
+        } else {
+            Err(format!("{s:?} must be a positive duration"))
+        }
+    }
+}
+
+/// An IAM role ARN.
+#[derive(Clone, Debug)]
+struct RoleArn(String);
+
+impl FromStr for RoleArn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.splitn(6, ':').collect();
+        let ok = parts.len() == 6
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "iam"
+            && parts[3].is_empty()
+            && parts[4].len() == 12
+            && parts[4].bytes().all(|b| b.is_ascii_digit())
+            && parts[5].strip_prefix("role/").is_some_and(|r| !r.is_empty());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"))
+        }
+    }
+}
+
+/// Deserializes a string through `FromStr`, so a bad value fails with its field's path.
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_from_str!(Glob, LabelSelector, SecretName, ServiceAccountName, Duration, RoleArn);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct File {
+    #[serde(default)]
+    secrets: Vec<SecretEntry>,
+    #[serde(default)]
+    refresh: RefreshEntry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SecretEntry {
+    #[serde(default)]
+    name: SecretName,
+    #[serde(default)]
+    registries: Vec<RegistryConfig>,
+    #[serde(default)]
+    namespaces: NamespacesEntry,
+    #[serde(default)]
+    service_accounts: Vec<ServiceAccountName>,
+    #[serde(default)]
+    adopt: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespacesEntry {
+    include: Option<Vec<Glob>>,
+    exclude: Option<Vec<Glob>>,
+    selector: Option<LabelSelector>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RefreshEntry {
+    before: Option<Duration>,
+    retry_min: Option<Duration>,
+    retry_max: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RegistryEntry {
+    host: String,
+    role_arn: Option<RoleArn>,
+    external_id: Option<String>,
+    account_id: Option<AccountId>,
+    region: Option<String>,
+}
+
+/// An account id, accepted as a string or a bare YAML number.
+struct AccountId(String);
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self(s)),
+            serde_json::Value::Number(n) => Ok(Self(n.to_string())),
+            other => Err(de::Error::custom(format!(
+                "expected a 12-digit account id, found {other}"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<RegistryEntry> for RegistryConfig {
+    type Error = String;
+
+    fn try_from(e: RegistryEntry) -> Result<Self, String> {
+        let registry = match (e.account_id, e.region) {
+            (Some(account), Some(region)) => Registry::alias(&e.host, &account.0, &region),
+            (None, None) => Registry::parse(&e.host),
+            _ => return Err("accountId and region go together: give both or neither".into()),
+        }
+        .map_err(|e| e.to_string())?;
+        if e.external_id.is_some() && e.role_arn.is_none() {
+            return Err("externalId needs roleArn".into());
+        }
+        Ok(Self {
+            registry,
+            role: e.role_arn.map(|arn| Role {
+                arn: arn.0,
+                external_id: e.external_id,
+            }),
+        })
+    }
+}
+
+/// A registry is a host string or a mapping with `host` and options.
+impl<'de> Deserialize<'de> for RegistryConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RegistryConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a registry host, or a mapping with host and optional roleArn, externalId, accountId, region")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RegistryConfig, E> {
+                Registry::parse(s)
+                    .map(|registry| RegistryConfig {
+                        registry,
+                        role: None,
+                    })
+                    .map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RegistryConfig, A::Error> {
+                let entry = RegistryEntry::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                RegistryConfig::try_from(entry).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl File {
+    fn validate(self) -> Result<Config, (String, String)> {
+        if self.secrets.is_empty() {
+            return Err(("secrets".into(), "at least one entry is needed".into()));
+        }
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, s) in self.secrets.into_iter().enumerate() {
+            if s.registries.is_empty() {
+                return Err((format!("secrets[{i}].registries"), "at least one registry is needed".into()));
+            }
+            let mut hosts = BTreeSet::new();
+            for (j, r) in s.registries.iter().enumerate() {
+                if !hosts.insert(r.registry.host()) {
+                    return Err((
+                        format!("secrets[{i}].registries[{j}]"),
+                        format!("{} is listed twice", r.registry.host()),
+                    ));
+                }
+            }
+            let mut namespaces = Selection::default();
+            if let Some(include) = s.namespaces.include {
+                namespaces.include = include;
+            }
+            if let Some(exclude) = s.namespaces.exclude {
+                namespaces.exclude = exclude;
+            }
+            namespaces.selector = s.namespaces.selector;
+            secrets.push(SecretConfig {
+                name: s.name,
+                registries: s.registries,
+                namespaces,
+                service_accounts: ServiceAccounts::from_names(s.service_accounts),
+                adopt: s.adopt,
+            });
+        }
+        let defaults = Refresh::default();
+        let refresh = Refresh {
+            before: self.refresh.before.map_or(defaults.before, |d| d.0),
+            retry_min: self.refresh.retry_min.map_or(defaults.retry_min, |d| d.0),
+            retry_max: self.refresh.retry_max.map_or(defaults.retry_max, |d| d.0),
+        };
+        if refresh.retry_min > refresh.retry_max {
+            return Err((
+                "refresh.retryMin".into(),
+                format!("{} is longer than retryMax {}", refresh.retry_min, refresh.retry_max),
+            ));
+        }
+        Ok(Config { secrets, refresh })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Target;
+
+    fn load(yaml: &str) -> Result<Config> {
+        Config::from_yaml(Path::new("regcred.yaml"), yaml)
+    }
+
+    fn field_error(yaml: &str) -> (String, String) {
+        match load(yaml) {
+            Err(Error::Field { field, message, .. }) => (field, message),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_spec_example_loads() {
+        let c = load(
+            r#"
+secrets:
+  - name: regcred
+    registries:
+      - 123456789012.dkr.ecr.us-east-1.amazonaws.com
+      - host: 210987654321.dkr.ecr.eu-west-1.amazonaws.com
+        roleArn: arn:aws:iam::210987654321:role/ecr-pull
+        externalId: team-a
+      - public.ecr.aws
+      - host: registry.internal.example:5000
+        accountId: "123456789012"
+        region: us-east-1
+    namespaces:
+      include: ["*"]
+      exclude: ["kube-system", "kube-public", "kube-node-lease"]
+      selector: "team=payments"
+    serviceAccounts: ["default"]
+    adopt: false
+refresh:
+  before: 6h
+  retryMin: 5s
+  retryMax: 5m
+"#,
+        )
+        .unwrap();
+        let s = &c.secrets[0];
+        assert_eq!(s.name.as_str(), "regcred");
+        assert_eq!(s.registries.len(), 4);
+        assert_eq!(s.registries[1].role.as_ref().unwrap().external_id.as_deref(), Some("team-a"));
+        assert!(matches!(&s.registries[3].registry.target, Target::Private { account, .. } if account == "123456789012"));
+        assert_eq!(s.service_accounts, ServiceAccounts::Named(["default".to_owned()].into()));
+        assert_eq!(c.refresh, Refresh::default());
+        // Two hosts in us-east-1 without a role share one source; eu-west-1 with a role and
+        // ECR Public are two more.
+        assert_eq!(c.token_sources().len(), 3);
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let c = load("secrets:\n  - registries: [public.ecr.aws]\n").unwrap();
+        let s = &c.secrets[0];
+        assert_eq!(s.name.as_str(), "regcred");
+        assert_eq!(s.namespaces, Selection::default());
+        assert!(s.service_accounts.is_none());
+        assert!(!s.adopt);
+        let all = load("secrets:\n  - registries: [public.ecr.aws]\n    serviceAccounts: ['*']\n").unwrap();
+        assert_eq!(all.secrets[0].service_accounts, ServiceAccounts::All);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("secrets:\n  - registries: [public.ecr.aws]\n    adopts: true\n", "secrets[0].adopts", "unknown field `adopts`"),
+            ("secret: []\n", "secret", "unknown field `secret`"),
+            ("secrets:\n  - registries: [docker.io]\n", "secrets[0].registries[0]", "not an ECR registry host"),
+            ("secrets:\n  - registries: [{host: x.example:5000, accountId: '1', region: us-east-1}]\n", "secrets[0].registries[0]", "12 digits"),
+            ("secrets:\n  - registries: [{host: x.example, region: us-east-1}]\n", "secrets[0].registries[0]", "accountId and region go together"),
+            ("secrets:\n  - registries: [{host: public.ecr.aws, roleArn: nope}]\n", "secrets[0].registries[0].roleArn", "not an IAM role ARN"),
+            ("secrets:\n  - registries: [{host: public.ecr.aws, rolearn: x}]\n", "secrets[0].registries[0].rolearn", "unknown field `rolearn`"),
+            ("secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['Bad']}\n", "secrets[0].namespaces.include[0]", "glob"),
+            ("secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {selector: 'a in b'}\n", "secrets[0].namespaces.selector", "label selector"),
+            ("secrets:\n  - name: Reg_Cred\n    registries: [public.ecr.aws]\n", "secrets[0].name", "not a valid Secret name"),
+            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: soon}\n", "refresh.before", "not a duration"),
+            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: -5s}\n", "refresh.retryMin", "positive"),
+            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n", "refresh.retryMin", "longer than retryMax"),
+            ("secrets:\n  - registries: []\n", "secrets[0].registries", "at least one"),
+            ("secrets:\n  - registries: [public.ecr.aws, PUBLIC.ECR.AWS]\n", "secrets[0].registries[1]", "listed twice"),
+            ("secrets: []\n", "secrets", "at least one"),
+        ];
+        for (yaml, field, message) in cases {
+            let (got_field, got_message) = field_error(yaml);
+            assert_eq!(got_field, field, "{yaml}");
+            assert!(got_message.contains(message), "{yaml}: {got_message}");
+        }
+        assert!(matches!(load("secrets: [\n"), Err(Error::Yaml { .. })));
+    }
+
+    #[test]
+    fn flags_describe_one_secret() {
+        let args = ConfigArgs {
+            registries: vec![Registry::parse("public.ecr.aws").unwrap()],
+            namespaces: vec!["team-*".parse().unwrap()],
+            service_accounts: vec!["default".parse().unwrap()],
+            adopt: true,
+            ..ConfigArgs::default()
+        };
+        let c = args.load().unwrap();
+        assert_eq!(c.secrets.len(), 1);
+        assert_eq!(c.secrets[0].namespaces.include[0].to_string(), "team-*");
+        assert_eq!(c.secrets[0].namespaces.exclude, Selection::default().exclude);
+        assert!(c.secrets[0].adopt);
+        assert!(matches!(ConfigArgs::default().load(), Err(Error::Nothing)));
+        let both = ConfigArgs {
+            config: Some("x.yaml".into()),
+            ..args
+        };
+        assert!(matches!(both.load(), Err(Error::Flag { flag: "config", .. })));
+    }
+}

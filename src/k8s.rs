@@ -1,0 +1,95 @@
+//! Talking to the API server: the client, and reads of whole collections page by page.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, ListParams};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::secrets::API_TIMEOUT;
+
+/// Page size for lists: large enough for few round trips, small enough to stay cheap.
+const PAGE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect to Kubernetes (KUBECONFIG or in-cluster config): {0}")]
+    Connect(#[source] kube::Error),
+    #[error("list {what}: {source}")]
+    List { what: String, source: kube::Error },
+    #[error("list {what}: no answer within {API_TIMEOUT:?}")]
+    Timeout { what: String },
+}
+
+/// A client from `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
+pub async fn client() -> Result<kube::Client, Error> {
+    kube::Client::try_default().await.map_err(Error::Connect)
+}
+
+/// Every object of a list, following `continue` tokens.
+pub async fn list_all<K>(api: &Api<K>, params: &ListParams, what: &str) -> Result<Vec<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let mut items = Vec::new();
+    let mut params = params.clone().limit(PAGE);
+    loop {
+        let page = tokio::time::timeout(API_TIMEOUT, api.list(&params))
+            .await
+            .map_err(|_| Error::Timeout { what: what.to_owned() })?
+            .map_err(|source| Error::List {
+                what: what.to_owned(),
+                source,
+            })?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// What the cluster holds that regcred looks at, read once.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub namespaces: Vec<Namespace>,
+    /// By namespace, then by secret name.
+    pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    /// By namespace.
+    pub service_accounts: BTreeMap<String, Vec<ServiceAccount>>,
+}
+
+impl Snapshot {
+    /// Reads namespaces, regcred's secrets (by name, so RBAC can be name-scoped) and, when
+    /// the configuration patches them, ServiceAccounts.
+    pub async fn read(client: &kube::Client, config: &Config) -> Result<Self, Error> {
+        let namespaces = list_all(&Api::<Namespace>::all(client.clone()), &ListParams::default(), "namespaces").await?;
+        let mut secrets: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
+        for name in config.secret_names() {
+            let params = ListParams::default().fields(&format!("metadata.name={name}"));
+            let found = list_all(&Api::<Secret>::all(client.clone()), &params, &format!("secrets named {name}")).await?;
+            for s in found {
+                let ns = s.metadata.namespace.clone().unwrap_or_default();
+                secrets.entry(ns).or_default().insert(name.clone(), s);
+            }
+        }
+        let mut service_accounts: BTreeMap<String, Vec<ServiceAccount>> = BTreeMap::new();
+        if config.patches_service_accounts() {
+            let all = list_all(&Api::<ServiceAccount>::all(client.clone()), &ListParams::default(), "serviceaccounts").await?;
+            for sa in all {
+                service_accounts
+                    .entry(sa.metadata.namespace.clone().unwrap_or_default())
+                    .or_default()
+                    .push(sa);
+            }
+        }
+        Ok(Self {
+            namespaces,
+            secrets,
+            service_accounts,
+        })
+    }
+}
