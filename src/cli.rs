@@ -17,16 +17,26 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The controller: keeps every selected namespace's pull secret valid, forever.
+    Run(crate::controller::RunArgs),
     /// One full reconciliation pass over every selected namespace, then exit with a summary.
     Sync(crate::sync::SyncArgs),
     /// Print the .dockerconfigjson, or a Secret manifest, for the configured registries.
     Render(crate::render::RenderArgs),
+    /// Kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1).
+    CredentialProvider(crate::provider::ProviderArgs),
+    /// Preflight: configuration, AWS identity, tokens and Kubernetes permissions.
+    Check(crate::check::CheckArgs),
+    /// Remove every secret regcred manages, and its ServiceAccount references.
+    Cleanup(crate::cleanup::CleanupArgs),
 }
 
 impl Command {
     /// The async runtime the mode needs.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     }
 
     /// Runs the mode.
@@ -34,6 +44,10 @@ impl Command {
         match self {
             Self::Sync(args) => crate::sync::run(&args).await,
             Self::Render(args) => crate::render::run(&args).await,
+            Self::Run(args) => crate::controller::run(&args).await,
+            Self::CredentialProvider(args) => crate::provider::run(&args).await,
+            Self::Check(args) => crate::check::run(&args).await,
+            Self::Cleanup(args) => crate::cleanup::run(&args).await,
         }
     }
 }

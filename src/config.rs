@@ -10,8 +10,8 @@ use std::str::FromStr;
 
 use clap::Args;
 use jiff::SignedDuration;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::namespaces::{Glob, LabelSelector, Selection};
 use crate::registry::{self, Registry, Role, TokenSource};
@@ -19,7 +19,7 @@ use crate::registry::{self, Registry, Role, TokenSource};
 /// Why the configuration was refused. Every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -34,7 +34,9 @@ pub enum Error {
     },
     #[error("--{flag}: {message}")]
     Flag { flag: &'static str, message: String },
-    #[error("no registries configured: give --config FILE (or REGCRED_CONFIG) or at least one --registry HOST")]
+    #[error(
+        "no registries configured: give --config FILE (or REGCRED_CONFIG) or at least one --registry HOST"
+    )]
     Nothing,
 }
 
@@ -175,10 +177,15 @@ impl Config {
         };
         let file: File = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
-            let field = if field == "." { "(top level)".to_owned() } else { field };
+            let field = if field == "." {
+                "(top level)".to_owned()
+            } else {
+                field
+            };
             field_error(field, e.into_inner().to_string())
         })?;
-        file.validate().map_err(|(field, message)| field_error(field, message))
+        file.validate()
+            .map_err(|(field, message)| field_error(field, message))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -203,16 +210,31 @@ pub struct ConfigArgs {
     #[arg(long, env = "REGCRED_SECRET_NAME", value_name = "NAME")]
     pub secret_name: Option<SecretName>,
     /// Namespaces to serve, as globs (repeatable; default all).
-    #[arg(long = "namespace", env = "REGCRED_NAMESPACES", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "REGCRED_NAMESPACES",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<Glob>,
     /// Namespaces to leave alone, as globs (repeatable; default the kube-* system namespaces).
-    #[arg(long = "exclude-namespace", env = "REGCRED_EXCLUDE_NAMESPACES", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-namespace",
+        env = "REGCRED_EXCLUDE_NAMESPACES",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub exclude_namespaces: Vec<Glob>,
     /// Only namespaces whose labels match this selector.
     #[arg(long, env = "REGCRED_NAMESPACE_SELECTOR", value_name = "SELECTOR")]
     pub namespace_selector: Option<LabelSelector>,
     /// ServiceAccount to add the secret to (repeatable; "*" for all).
-    #[arg(long = "service-account", env = "REGCRED_SERVICE_ACCOUNTS", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "service-account",
+        env = "REGCRED_SERVICE_ACCOUNTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub service_accounts: Vec<ServiceAccountName>,
     /// Take over an existing secret of the same name that regcred did not create.
     #[arg(long, env = "REGCRED_ADOPT")]
@@ -324,7 +346,8 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -355,7 +378,9 @@ impl FromStr for ServiceAccountName {
         if s == "*" || is_dns_subdomain(s) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(format!("{s:?} is not a valid ServiceAccount name (or \"*\")"))
+            Err(format!(
+                "{s:?} is not a valid ServiceAccount name (or \"*\")"
+            ))
         }
     }
 }
@@ -396,11 +421,15 @@ impl FromStr for RoleArn {
             && parts[3].is_empty()
             && parts[4].len() == 12
             && parts[4].bytes().all(|b| b.is_ascii_digit())
-            && parts[5].strip_prefix("role/").is_some_and(|r| !r.is_empty());
+            && parts[5]
+                .strip_prefix("role/")
+                .is_some_and(|r| !r.is_empty());
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(format!("{s:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"))
+            Err(format!(
+                "{s:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
+            ))
         }
     }
 }
@@ -417,7 +446,14 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(Glob, LabelSelector, SecretName, ServiceAccountName, Duration, RoleArn);
+deserialize_from_str!(
+    Glob,
+    LabelSelector,
+    SecretName,
+    ServiceAccountName,
+    Duration,
+    RoleArn
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -544,7 +580,10 @@ impl File {
         let mut secrets = Vec::with_capacity(self.secrets.len());
         for (i, s) in self.secrets.into_iter().enumerate() {
             if s.registries.is_empty() {
-                return Err((format!("secrets[{i}].registries"), "at least one registry is needed".into()));
+                return Err((
+                    format!("secrets[{i}].registries"),
+                    "at least one registry is needed".into(),
+                ));
             }
             let mut hosts = BTreeSet::new();
             for (j, r) in s.registries.iter().enumerate() {
@@ -580,7 +619,10 @@ impl File {
         if refresh.retry_min > refresh.retry_max {
             return Err((
                 "refresh.retryMin".into(),
-                format!("{} is longer than retryMax {}", refresh.retry_min, refresh.retry_max),
+                format!(
+                    "{} is longer than retryMax {}",
+                    refresh.retry_min, refresh.retry_max
+                ),
             ));
         }
         Ok(Config { secrets, refresh })
@@ -634,9 +676,22 @@ refresh:
         let s = &c.secrets[0];
         assert_eq!(s.name.as_str(), "regcred");
         assert_eq!(s.registries.len(), 4);
-        assert_eq!(s.registries[1].role.as_ref().unwrap().external_id.as_deref(), Some("team-a"));
-        assert!(matches!(&s.registries[3].registry.target, Target::Private { account, .. } if account == "123456789012"));
-        assert_eq!(s.service_accounts, ServiceAccounts::Named(["default".to_owned()].into()));
+        assert_eq!(
+            s.registries[1]
+                .role
+                .as_ref()
+                .unwrap()
+                .external_id
+                .as_deref(),
+            Some("team-a")
+        );
+        assert!(
+            matches!(&s.registries[3].registry.target, Target::Private { account, .. } if account == "123456789012")
+        );
+        assert_eq!(
+            s.service_accounts,
+            ServiceAccounts::Named(["default".to_owned()].into())
+        );
         assert_eq!(c.refresh, Refresh::default());
         // Two hosts in us-east-1 without a role share one source; eu-west-1 with a role and
         // ECR Public are two more.
@@ -651,28 +706,85 @@ refresh:
         assert_eq!(s.namespaces, Selection::default());
         assert!(s.service_accounts.is_none());
         assert!(!s.adopt);
-        let all = load("secrets:\n  - registries: [public.ecr.aws]\n    serviceAccounts: ['*']\n").unwrap();
+        let all = load("secrets:\n  - registries: [public.ecr.aws]\n    serviceAccounts: ['*']\n")
+            .unwrap();
         assert_eq!(all.secrets[0].service_accounts, ServiceAccounts::All);
     }
 
     #[test]
     fn bad_values_name_their_field() {
         let cases = [
-            ("secrets:\n  - registries: [public.ecr.aws]\n    adopts: true\n", "secrets[0].adopts", "unknown field `adopts`"),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    adopts: true\n",
+                "secrets[0].adopts",
+                "unknown field `adopts`",
+            ),
             ("secret: []\n", "secret", "unknown field `secret`"),
-            ("secrets:\n  - registries: [docker.io]\n", "secrets[0].registries[0]", "not an ECR registry host"),
-            ("secrets:\n  - registries: [{host: x.example:5000, accountId: '1', region: us-east-1}]\n", "secrets[0].registries[0]", "12 digits"),
-            ("secrets:\n  - registries: [{host: x.example, region: us-east-1}]\n", "secrets[0].registries[0]", "accountId and region go together"),
-            ("secrets:\n  - registries: [{host: public.ecr.aws, roleArn: nope}]\n", "secrets[0].registries[0].roleArn", "not an IAM role ARN"),
-            ("secrets:\n  - registries: [{host: public.ecr.aws, rolearn: x}]\n", "secrets[0].registries[0].rolearn", "unknown field `rolearn`"),
-            ("secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['Bad']}\n", "secrets[0].namespaces.include[0]", "glob"),
-            ("secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {selector: 'a in b'}\n", "secrets[0].namespaces.selector", "label selector"),
-            ("secrets:\n  - name: Reg_Cred\n    registries: [public.ecr.aws]\n", "secrets[0].name", "not a valid Secret name"),
-            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: soon}\n", "refresh.before", "not a duration"),
-            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: -5s}\n", "refresh.retryMin", "positive"),
-            ("secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n", "refresh.retryMin", "longer than retryMax"),
-            ("secrets:\n  - registries: []\n", "secrets[0].registries", "at least one"),
-            ("secrets:\n  - registries: [public.ecr.aws, PUBLIC.ECR.AWS]\n", "secrets[0].registries[1]", "listed twice"),
+            (
+                "secrets:\n  - registries: [docker.io]\n",
+                "secrets[0].registries[0]",
+                "not an ECR registry host",
+            ),
+            (
+                "secrets:\n  - registries: [{host: x.example:5000, accountId: '1', region: us-east-1}]\n",
+                "secrets[0].registries[0]",
+                "12 digits",
+            ),
+            (
+                "secrets:\n  - registries: [{host: x.example, region: us-east-1}]\n",
+                "secrets[0].registries[0]",
+                "accountId and region go together",
+            ),
+            (
+                "secrets:\n  - registries: [{host: public.ecr.aws, roleArn: nope}]\n",
+                "secrets[0].registries[0].roleArn",
+                "not an IAM role ARN",
+            ),
+            (
+                "secrets:\n  - registries: [{host: public.ecr.aws, rolearn: x}]\n",
+                "secrets[0].registries[0].rolearn",
+                "unknown field `rolearn`",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['Bad']}\n",
+                "secrets[0].namespaces.include[0]",
+                "glob",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {selector: 'a in b'}\n",
+                "secrets[0].namespaces.selector",
+                "label selector",
+            ),
+            (
+                "secrets:\n  - name: Reg_Cred\n    registries: [public.ecr.aws]\n",
+                "secrets[0].name",
+                "not a valid Secret name",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: soon}\n",
+                "refresh.before",
+                "not a duration",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: -5s}\n",
+                "refresh.retryMin",
+                "positive",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n",
+                "refresh.retryMin",
+                "longer than retryMax",
+            ),
+            (
+                "secrets:\n  - registries: []\n",
+                "secrets[0].registries",
+                "at least one",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws, PUBLIC.ECR.AWS]\n",
+                "secrets[0].registries[1]",
+                "listed twice",
+            ),
             ("secrets: []\n", "secrets", "at least one"),
         ];
         for (yaml, field, message) in cases {
@@ -695,13 +807,19 @@ refresh:
         let c = args.load().unwrap();
         assert_eq!(c.secrets.len(), 1);
         assert_eq!(c.secrets[0].namespaces.include[0].to_string(), "team-*");
-        assert_eq!(c.secrets[0].namespaces.exclude, Selection::default().exclude);
+        assert_eq!(
+            c.secrets[0].namespaces.exclude,
+            Selection::default().exclude
+        );
         assert!(c.secrets[0].adopt);
         assert!(matches!(ConfigArgs::default().load(), Err(Error::Nothing)));
         let both = ConfigArgs {
             config: Some("x.yaml".into()),
             ..args
         };
-        assert!(matches!(both.load(), Err(Error::Flag { flag: "config", .. })));
+        assert!(matches!(
+            both.load(),
+            Err(Error::Flag { flag: "config", .. })
+        ));
     }
 }

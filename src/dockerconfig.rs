@@ -130,10 +130,16 @@ mod tests {
         let kept = parse(stored).unwrap();
         let mut auths: BTreeMap<String, Entry> =
             kept.into_iter().map(|(h, v)| (h, Entry::Kept(v))).collect();
-        auths.insert("123456789012.dkr.ecr.us-east-1.amazonaws.com".into(), ours("pw"));
+        auths.insert(
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
+            ours("pw"),
+        );
         let doc: Value = serde_json::from_slice(&render(&auths)).unwrap();
         assert_eq!(doc["auths"]["ghcr.io"]["email"], "x@example.com");
-        assert_eq!(doc["auths"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"], "pw");
+        assert_eq!(
+            doc["auths"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"],
+            "pw"
+        );
     }
 
     #[test]

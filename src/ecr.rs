@@ -27,10 +27,15 @@ pub const ASSUMED_LIFETIME: SignedDuration = SignedDuration::from_mins(15);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("GetAuthorizationToken ({source_name}): {message}")]
-    GetToken { source_name: String, message: String },
+    GetToken {
+        source_name: String,
+        message: String,
+    },
     #[error("GetAuthorizationToken ({source_name}) returned no authorization data")]
     NoData { source_name: String },
-    #[error("GetAuthorizationToken ({source_name}) returned a token that is not base64 of user:password")]
+    #[error(
+        "GetAuthorizationToken ({source_name}) returned a token that is not base64 of user:password"
+    )]
     BadToken { source_name: String },
     #[error("sts:GetCallerIdentity: {0}")]
     Identity(String),
@@ -209,8 +214,13 @@ impl Tokens {
         &self,
         sources: &BTreeSet<TokenSource>,
     ) -> BTreeMap<TokenSource, Result<Token>> {
-        let fetches = sources.iter().map(|s| async move { (s.clone(), self.fetch(s).await) });
-        futures::future::join_all(fetches).await.into_iter().collect()
+        let fetches = sources
+            .iter()
+            .map(|s| async move { (s.clone(), self.fetch(s).await) });
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn client(&self, source: &TokenSource) -> Client {
@@ -287,8 +297,15 @@ mod tests {
         assert_eq!(t.credential.username, "AWS");
         assert_eq!(t.credential.password.expose_secret(), "pa:ss");
         assert_eq!(t.expires_at, at("2026-11-29T12:00:00Z"));
-        for bad in ["not base64!", &BASE64.encode("no-colon"), &BASE64.encode("AWS:")] {
-            assert!(Token::from_authorization(&source(), bad, None, now).is_err(), "{bad}");
+        for bad in [
+            "not base64!",
+            &BASE64.encode("no-colon"),
+            &BASE64.encode("AWS:"),
+        ] {
+            assert!(
+                Token::from_authorization(&source(), bad, None, now).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -300,7 +317,10 @@ mod tests {
             let t = Token::from_authorization(&source(), &token, expiry, now).unwrap();
             assert_eq!(t.expires_at, now + ASSUMED_LIFETIME);
             let renew = t.renew_at(SignedDuration::from_hours(6), SignedDuration::from_secs(5));
-            assert!(renew > now, "a short-lived token is renewed later, not at once");
+            assert!(
+                renew > now,
+                "a short-lived token is renewed later, not at once"
+            );
         }
     }
 
@@ -321,7 +341,10 @@ mod tests {
         assert_eq!(token(h(12)).renew_at(h(1), floor), now + h(11));
         // Shorter than `before`: half-life instead of "at once, forever".
         let short = SignedDuration::from_secs(20);
-        assert_eq!(token(short).renew_at(h(6), floor), now + SignedDuration::from_secs(10));
+        assert_eq!(
+            token(short).renew_at(h(6), floor),
+            now + SignedDuration::from_secs(10)
+        );
         // Never sooner than the floor.
         let tiny = SignedDuration::from_secs(4);
         assert_eq!(token(tiny).renew_at(h(6), floor), now + floor);

@@ -34,13 +34,15 @@ impl Events {
             "Secret {name} exists and was not created by regcred; it is left as it is. \
              Set adopt: true to let regcred take it over."
         );
-        self.publish(ns, stored, EventType::Warning, "ForeignSecret", note).await;
+        self.publish(ns, stored, EventType::Warning, "ForeignSecret", note)
+            .await;
     }
 
     /// The secret could not be brought in line.
     pub async fn failed(&self, ns: &Namespace, stored: Option<&Secret>, name: &str, why: &str) {
         let note = format!("Secret {name} could not be updated: {why}");
-        self.publish(ns, stored, EventType::Warning, "SyncFailed", note).await;
+        self.publish(ns, stored, EventType::Warning, "SyncFailed", note)
+            .await;
     }
 
     async fn publish(
@@ -58,14 +60,13 @@ impl Events {
             }
             note.truncate(end);
         }
-        let reference: ObjectReference = match stored {
-            Some(secret) => secret.object_ref(&()),
-            None => {
-                let mut r = ns.object_ref(&());
-                // Keep the Event in the namespace it is about, where its owners look.
-                r.namespace.clone_from(&ns.metadata.name);
-                r
-            }
+        let reference: ObjectReference = if let Some(secret) = stored {
+            secret.object_ref(&())
+        } else {
+            let mut r = ns.object_ref(&());
+            // Keep the Event in the namespace it is about, where its owners look.
+            r.namespace.clone_from(&ns.metadata.name);
+            r
         };
         let event = Event {
             type_,

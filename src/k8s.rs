@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, ListParams};
 use kube::Resource;
+use kube::api::{Api, ListParams};
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
@@ -16,9 +16,9 @@ const PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connect to Kubernetes (KUBECONFIG or in-cluster config): {0}")]
+    #[error("connect to Kubernetes (KUBECONFIG or in-cluster config)")]
     Connect(#[source] kube::Error),
-    #[error("list {what}: {source}")]
+    #[error("list {what}")]
     List { what: String, source: kube::Error },
     #[error("list {what}: no answer within {API_TIMEOUT:?}")]
     Timeout { what: String },
@@ -39,7 +39,9 @@ where
     loop {
         let page = tokio::time::timeout(API_TIMEOUT, api.list(&params))
             .await
-            .map_err(|_| Error::Timeout { what: what.to_owned() })?
+            .map_err(|_| Error::Timeout {
+                what: what.to_owned(),
+            })?
             .map_err(|source| Error::List {
                 what: what.to_owned(),
                 source,
@@ -66,11 +68,21 @@ impl Snapshot {
     /// Reads namespaces, regcred's secrets (by name, so RBAC can be name-scoped) and, when
     /// the configuration patches them, ServiceAccounts.
     pub async fn read(client: &kube::Client, config: &Config) -> Result<Self, Error> {
-        let namespaces = list_all(&Api::<Namespace>::all(client.clone()), &ListParams::default(), "namespaces").await?;
+        let namespaces = list_all(
+            &Api::<Namespace>::all(client.clone()),
+            &ListParams::default(),
+            "namespaces",
+        )
+        .await?;
         let mut secrets: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
         for name in config.secret_names() {
             let params = ListParams::default().fields(&format!("metadata.name={name}"));
-            let found = list_all(&Api::<Secret>::all(client.clone()), &params, &format!("secrets named {name}")).await?;
+            let found = list_all(
+                &Api::<Secret>::all(client.clone()),
+                &params,
+                &format!("secrets named {name}"),
+            )
+            .await?;
             for s in found {
                 let ns = s.metadata.namespace.clone().unwrap_or_default();
                 secrets.entry(ns).or_default().insert(name.clone(), s);
@@ -78,7 +90,12 @@ impl Snapshot {
         }
         let mut service_accounts: BTreeMap<String, Vec<ServiceAccount>> = BTreeMap::new();
         if config.patches_service_accounts() {
-            let all = list_all(&Api::<ServiceAccount>::all(client.clone()), &ListParams::default(), "serviceaccounts").await?;
+            let all = list_all(
+                &Api::<ServiceAccount>::all(client.clone()),
+                &ListParams::default(),
+                "serviceaccounts",
+            )
+            .await?;
             for sa in all {
                 service_accounts
                     .entry(sa.metadata.namespace.clone().unwrap_or_default())

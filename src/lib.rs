@@ -4,14 +4,18 @@
 //! reach every piece. Desired state is computed by pure functions (`dockerconfig`,
 //! `secrets`, `reconcile::plan`, `serviceaccounts`); I/O stays in thin layers around them.
 
+pub mod check;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dockerconfig;
 pub mod ecr;
 pub mod events;
 pub mod k8s;
 pub mod metrics;
 pub mod namespaces;
+pub mod provider;
 pub mod reconcile;
 pub mod registry;
 pub mod render;
@@ -59,6 +63,23 @@ impl Error {
             _ => Exit::Failed,
         }
     }
+}
+
+/// An error and its causes on one line (`outer: cause: root cause`), for reports and logs
+/// that carry errors as text.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = source.and_then(std::error::Error::source);
+    }
+    text
 }
 
 /// Writes a result to stdout (the only place results go).

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(exit) => exit,
         Err(e) => {
             let exit = e.exit();
-            tracing::error!("{:#}", anyhow::Error::new(e));
+            tracing::error!("{}", regcred::chain(&e));
             exit
         }
     };

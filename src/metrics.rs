@@ -131,7 +131,11 @@ impl Metrics {
             "Time to bring one namespace in line",
             reconcile_duration.clone(),
         );
-        registry.register("regcred_leader", "1 on the replica that writes", leader.clone());
+        registry.register(
+            "regcred_leader",
+            "1 on the replica that writes",
+            leader.clone(),
+        );
         Self {
             registry,
             token_expiry,
@@ -163,11 +167,14 @@ impl Metrics {
     }
 
     pub fn secret_write(&self, result: WriteResult) {
-        self.secret_writes.get_or_create(&WriteLabels { result }).inc();
+        self.secret_writes
+            .get_or_create(&WriteLabels { result })
+            .inc();
     }
 
     pub fn namespaces_selected(&self, n: usize) {
-        self.namespaces_selected.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.namespaces_selected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn reconcile_duration(&self, seconds: f64) {
@@ -182,7 +189,8 @@ impl Metrics {
     #[must_use]
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -134,10 +134,16 @@ fn parse_requirement(r: &str) -> Result<Expression, String> {
         return Ok(Expression::DoesNotExist(label_key(key.trim())?));
     }
     if let Some((key, value)) = r.split_once("!=") {
-        return Ok(Expression::NotEqual(label_key(key.trim())?, label_value(value.trim())?));
+        return Ok(Expression::NotEqual(
+            label_key(key.trim())?,
+            label_value(value.trim())?,
+        ));
     }
     if let Some((key, value)) = r.split_once("==").or_else(|| r.split_once('=')) {
-        return Ok(Expression::Equal(label_key(key.trim())?, label_value(value.trim())?));
+        return Ok(Expression::Equal(
+            label_key(key.trim())?,
+            label_value(value.trim())?,
+        ));
     }
     let (key, rest) = match r.split_once(char::is_whitespace) {
         None => return Ok(Expression::Exists(label_key(r)?)),
@@ -154,17 +160,23 @@ fn parse_requirement(r: &str) -> Result<Expression, String> {
     match op.trim() {
         "in" => Ok(Expression::In(key, values)),
         "notin" => Ok(Expression::NotIn(key, values)),
-        other => Err(format!("unknown operator {other:?} (use =, ==, !=, in, notin, or !key)")),
+        other => Err(format!(
+            "unknown operator {other:?} (use =, ==, !=, in, notin, or !key)"
+        )),
     }
 }
 
 fn label_key(key: &str) -> Result<String, String> {
-    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    let (prefix, name) = key
+        .rsplit_once('/')
+        .map_or((None, key), |(p, n)| (Some(p), n));
     let prefix_ok = prefix.is_none_or(|p| {
         !p.is_empty()
             && p.len() <= 253
             && p.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             })
     });
     if prefix_ok && !name.is_empty() && name_ok(name) {
@@ -188,7 +200,8 @@ fn name_ok(s: &str) -> bool {
     s.len() <= 63
         && alnum(s.bytes().next())
         && alnum(s.bytes().last())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The namespaces one secret goes to.
@@ -267,7 +280,10 @@ mod tests {
     use kube::api::ObjectMeta;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -284,7 +300,8 @@ mod tests {
 
     #[test]
     fn label_selectors_parse_and_match() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("team=payments", &[("team", "payments")], true),
             ("team==payments", &[("team", "search")], false),
             ("team!=payments", &[], true),
@@ -294,19 +311,37 @@ mod tests {
             ("example.com/pull", &[("example.com/pull", "")], true),
             ("!legacy", &[("legacy", "yes")], false),
             ("team=payments,!legacy", &[("team", "payments")], true),
-            ("team=payments, env in (a,b)", &[("team", "payments"), ("env", "c")], false),
+            (
+                "team=payments, env in (a,b)",
+                &[("team", "payments"), ("env", "c")],
+                false,
+            ),
         ];
         for (sel, l, want) in cases {
             let s: LabelSelector = sel.parse().unwrap_or_else(|e| panic!("{sel}: {e}"));
             assert_eq!(s.matches(&labels(l)), *want, "{sel} on {l:?}");
         }
-        for bad in ["", "team=", "=x", "env in prod", "env in (a", "env within (a)", "a b c", "Bad Key=x", "t=a,,b=c", "x=-bad"] {
+        for bad in [
+            "",
+            "team=",
+            "=x",
+            "env in prod",
+            "env in (a",
+            "env within (a)",
+            "a b c",
+            "Bad Key=x",
+            "t=a,,b=c",
+            "x=-bad",
+        ] {
             if bad == "team=" {
                 // An empty value is allowed: it selects the label with an empty value.
                 assert!(bad.parse::<LabelSelector>().is_ok());
                 continue;
             }
-            assert!(bad.parse::<LabelSelector>().is_err(), "{bad:?} must be refused");
+            assert!(
+                bad.parse::<LabelSelector>().is_err(),
+                "{bad:?} must be refused"
+            );
         }
     }
 
@@ -329,16 +364,31 @@ mod tests {
     fn selection_combines_globs_selector_and_phase() {
         let default = Selection::default();
         assert_eq!(default.verdict(&ns("apps", &[], false)), Verdict::Selected);
-        assert_eq!(default.verdict(&ns("kube-system", &[], false)), Verdict::NotSelected);
-        assert_eq!(default.verdict(&ns("apps", &[], true)), Verdict::Terminating);
+        assert_eq!(
+            default.verdict(&ns("kube-system", &[], false)),
+            Verdict::NotSelected
+        );
+        assert_eq!(
+            default.verdict(&ns("apps", &[], true)),
+            Verdict::Terminating
+        );
         let s = Selection {
             include: vec!["team-*".parse().unwrap()],
             exclude: vec!["team-old".parse().unwrap()],
             selector: Some("pull=ecr".parse().unwrap()),
         };
-        assert_eq!(s.verdict(&ns("team-a", &[("pull", "ecr")], false)), Verdict::Selected);
+        assert_eq!(
+            s.verdict(&ns("team-a", &[("pull", "ecr")], false)),
+            Verdict::Selected
+        );
         assert_eq!(s.verdict(&ns("team-a", &[], false)), Verdict::NotSelected);
-        assert_eq!(s.verdict(&ns("team-old", &[("pull", "ecr")], false)), Verdict::NotSelected);
-        assert_eq!(s.verdict(&ns("other", &[("pull", "ecr")], false)), Verdict::NotSelected);
+        assert_eq!(
+            s.verdict(&ns("team-old", &[("pull", "ecr")], false)),
+            Verdict::NotSelected
+        );
+        assert_eq!(
+            s.verdict(&ns("other", &[("pull", "ecr")], false)),
+            Verdict::NotSelected
+        );
     }
 }

@@ -33,7 +33,12 @@ pub enum Assignment<'a> {
 pub fn assign<'a>(config: &'a Config, ns: &Namespace, name: &str) -> Assignment<'a> {
     let mut serving = Vec::new();
     let mut terminating = false;
-    for (i, spec) in config.secrets.iter().enumerate().filter(|(_, s)| s.name.as_str() == name) {
+    for (i, spec) in config
+        .secrets
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.name.as_str() == name)
+    {
         match spec.namespaces.verdict(ns) {
             Verdict::Selected => serving.push(i),
             Verdict::Terminating => terminating = true,
@@ -107,7 +112,9 @@ pub fn plan(
                 s.type_.as_deref().unwrap_or_default()
             ));
         }
-        if freshness == Freshness::SoundAndFresh && secrets::is_sound_and_fresh(s, &hosts, now, before) {
+        if freshness == Freshness::SoundAndFresh
+            && secrets::is_sound_and_fresh(s, &hosts, now, before)
+        {
             return Step::Unchanged;
         }
     }
@@ -128,8 +135,15 @@ pub fn plan(
     if !missing.is_empty() {
         return Step::NeedsTokens(missing);
     }
-    let kept = stored.map(|s| secrets::kept_entries(s, &hosts)).unwrap_or_default();
-    let desired = Box::new(secrets::desired(spec.name.as_str(), namespace, &served, kept));
+    let kept = stored
+        .map(|s| secrets::kept_entries(s, &hosts))
+        .unwrap_or_default();
+    let desired = Box::new(secrets::desired(
+        spec.name.as_str(),
+        namespace,
+        &served,
+        kept,
+    ));
     match stored {
         Some(s) if secrets::is_managed(s) && !secrets::has_pull_secret_type(s) => Step::Replace {
             secret: desired,
@@ -241,16 +255,44 @@ pub async fn namespace(
             Assignment::Skip => Outcome::Skipped,
             Assignment::Conflict(entries) => Outcome::Failed(format!(
                 "secret {secret_name} is claimed by secrets[{}] of the configuration; leaving it alone",
-                entries.iter().map(ToString::to_string).collect::<Vec<_>>().join("] and secrets[")
+                entries
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("] and secrets[")
             )),
             Assignment::Remove => {
-                remove(ctx, &name, &secret_name, stored.get(&secret_name), service_accounts, &mut report).await
+                remove(
+                    ctx,
+                    &name,
+                    &secret_name,
+                    stored.get(&secret_name),
+                    service_accounts,
+                    &mut report,
+                )
+                .await
             }
             Assignment::Serve(spec) => {
-                let outcome = serve(ctx, &name, spec, stored.get(&secret_name).cloned(), &mut report).await;
-                if matches!(outcome, Outcome::Created | Outcome::Updated | Outcome::Unchanged) {
-                    if let Err(e) =
-                        link_service_accounts(ctx, &spec.service_accounts, &secret_name, service_accounts, &mut report).await
+                let outcome = serve(
+                    ctx,
+                    &name,
+                    spec,
+                    stored.get(&secret_name).cloned(),
+                    &mut report,
+                )
+                .await;
+                if matches!(
+                    outcome,
+                    Outcome::Created | Outcome::Updated | Outcome::Unchanged
+                ) {
+                    if let Err(e) = link_service_accounts(
+                        ctx,
+                        &spec.service_accounts,
+                        &secret_name,
+                        service_accounts,
+                        &mut report,
+                    )
+                    .await
                     {
                         Outcome::Failed(e)
                     } else {
@@ -274,78 +316,121 @@ async fn serve(
     mut stored: Option<Secret>,
     report: &mut Report,
 ) -> Outcome {
-    let before = ctx.config.refresh.before;
     for _ in 0..CONFLICT_ATTEMPTS {
-        let step = plan(spec, namespace, stored.as_ref(), ctx.tokens, Timestamp::now(), before, ctx.freshness);
-        let result = match step {
-            Step::Unchanged => {
-                report.expiries.extend(stored.as_ref().and_then(secrets::expires_at));
-                return Outcome::Unchanged;
-            }
-            Step::Foreign => return Outcome::Foreign,
-            Step::CannotAdopt(why) => {
-                return Outcome::Failed(format!("cannot adopt secret {namespace}/{}: {why}", spec.name));
-            }
-            Step::NeedsTokens(sources) => {
-                let errors: Vec<String> = sources.iter().filter_map(|s| ctx.tokens.errors.get(s).cloned()).collect();
-                return if errors.is_empty() {
-                    Outcome::Pending
-                } else {
-                    Outcome::Failed(format!("secret {namespace}/{} left as it is: {}", spec.name, errors.join("; ")))
-                };
-            }
-            Step::Apply { secret, over } => {
-                let created = stored.is_none();
-                report.expiries.extend(secrets::expires_at(&secret));
-                if ctx.dry_run {
-                    let verb = if created { "create" } else { "update" };
-                    report.planned.push(format!("would {verb} secret {namespace}/{}", spec.name));
-                    return if created { Outcome::Created } else { Outcome::Updated };
-                }
-                ctx.writer
-                    .apply(&secret, over.as_deref())
-                    .await
-                    .map(|()| if created { Outcome::Created } else { Outcome::Updated })
-            }
-            Step::Replace {
-                secret,
-                resource_version,
-            } => {
-                report.expiries.extend(secrets::expires_at(&secret));
-                if ctx.dry_run {
-                    report
-                        .planned
-                        .push(format!("would replace secret {namespace}/{} (wrong type)", spec.name));
-                    return Outcome::Updated;
-                }
-                match ctx.writer.delete(namespace, spec.name.as_str(), resource_version.as_deref()).await {
-                    Ok(()) => ctx.writer.apply(&secret, None).await.map(|()| Outcome::Updated),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match result {
+        let step = plan(
+            spec,
+            namespace,
+            stored.as_ref(),
+            ctx.tokens,
+            Timestamp::now(),
+            ctx.config.refresh.before,
+            ctx.freshness,
+        );
+        match execute(ctx, namespace, spec, step, stored.as_ref(), report).await {
             Ok(outcome) => return outcome,
             Err(e) if e.is_conflict() => {
                 tracing::debug!(namespace, secret = %spec.name, "secret changed meanwhile; reading it again");
-                report.expiries.pop();
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-                match tokio::time::timeout(secrets::API_TIMEOUT, api.get_opt(spec.name.as_str())).await {
-                    Ok(Ok(fresh)) => stored = fresh,
-                    Ok(Err(e)) => return Outcome::Failed(format!("read secret {namespace}/{}: {e}", spec.name)),
-                    Err(_) => return Outcome::Failed(format!("read secret {namespace}/{}: timed out", spec.name)),
-                }
+                stored = match tokio::time::timeout(
+                    secrets::API_TIMEOUT,
+                    api.get_opt(spec.name.as_str()),
+                )
+                .await
+                {
+                    Ok(Ok(fresh)) => fresh,
+                    Ok(Err(e)) => {
+                        return Outcome::Failed(format!(
+                            "read secret {namespace}/{}: {e}",
+                            spec.name
+                        ));
+                    }
+                    Err(_) => {
+                        return Outcome::Failed(format!(
+                            "read secret {namespace}/{}: timed out",
+                            spec.name
+                        ));
+                    }
+                };
             }
-            Err(e) => {
-                report.expiries.pop();
-                return Outcome::Failed(e.to_string());
-            }
+            Err(e) => return Outcome::Failed(crate::chain(&e)),
         }
     }
     Outcome::Failed(format!(
         "secret {namespace}/{} kept changing under regcred ({CONFLICT_ATTEMPTS} conflicts)",
         spec.name
     ))
+}
+
+/// Carries out one planned step (or, in a dry run, says what it would do).
+async fn execute(
+    ctx: &Context<'_>,
+    namespace: &str,
+    spec: &SecretConfig,
+    step: Step,
+    stored: Option<&Secret>,
+    report: &mut Report,
+) -> Result<Outcome, secrets::Error> {
+    let name = spec.name.as_str();
+    let (secret, outcome) = match step {
+        Step::Unchanged => {
+            report.expiries.extend(stored.and_then(secrets::expires_at));
+            return Ok(Outcome::Unchanged);
+        }
+        Step::Foreign => return Ok(Outcome::Foreign),
+        Step::CannotAdopt(why) => {
+            return Ok(Outcome::Failed(format!(
+                "cannot adopt secret {namespace}/{name}: {why}"
+            )));
+        }
+        Step::NeedsTokens(sources) => {
+            let errors: Vec<&str> = sources
+                .iter()
+                .filter_map(|s| ctx.tokens.errors.get(s).map(String::as_str))
+                .collect();
+            return Ok(if errors.is_empty() {
+                Outcome::Pending
+            } else {
+                Outcome::Failed(format!(
+                    "secret {namespace}/{name} left as it is: {}",
+                    errors.join("; ")
+                ))
+            });
+        }
+        Step::Apply { secret, over } => {
+            let outcome = if stored.is_none() {
+                Outcome::Created
+            } else {
+                Outcome::Updated
+            };
+            if ctx.dry_run {
+                let verb = if stored.is_none() { "create" } else { "update" };
+                report
+                    .planned
+                    .push(format!("would {verb} secret {namespace}/{name}"));
+            } else {
+                ctx.writer.apply(&secret, over.as_deref()).await?;
+            }
+            (secret, outcome)
+        }
+        Step::Replace {
+            secret,
+            resource_version,
+        } => {
+            if ctx.dry_run {
+                report.planned.push(format!(
+                    "would replace secret {namespace}/{name} (wrong type)"
+                ));
+            } else {
+                ctx.writer
+                    .delete(namespace, name, resource_version.as_deref())
+                    .await?;
+                ctx.writer.apply(&secret, None).await?;
+            }
+            (secret, Outcome::Updated)
+        }
+    };
+    report.expiries.extend(secrets::expires_at(&secret));
+    Ok(outcome)
 }
 
 /// Removes regcred's secret from a namespace no longer selected: first its
@@ -363,27 +448,38 @@ async fn remove(
         return Outcome::Absent;
     };
     let rule = service_account_rule(ctx.config, secret_name);
-    if let Err(e) = unlink_service_accounts(ctx, &rule, secret_name, service_accounts, report).await {
+    if let Err(e) = unlink_service_accounts(ctx, &rule, secret_name, service_accounts, report).await
+    {
         return Outcome::Failed(e);
     }
     if ctx.dry_run {
-        report.planned.push(format!("would delete secret {namespace}/{secret_name} (namespace no longer selected)"));
+        report.planned.push(format!(
+            "would delete secret {namespace}/{secret_name} (namespace no longer selected)"
+        ));
         return Outcome::Removed;
     }
     match ctx
         .writer
-        .delete(namespace, secret_name, stored.metadata.resource_version.as_deref())
+        .delete(
+            namespace,
+            secret_name,
+            stored.metadata.resource_version.as_deref(),
+        )
         .await
     {
         Ok(()) => Outcome::Removed,
-        Err(e) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(crate::chain(&e)),
     }
 }
 
 /// The ServiceAccounts any entry of that secret name patches.
 fn service_account_rule(config: &Config, secret_name: &str) -> ServiceAccounts {
     let mut names = BTreeSet::new();
-    for spec in config.secrets.iter().filter(|s| s.name.as_str() == secret_name) {
+    for spec in config
+        .secrets
+        .iter()
+        .filter(|s| s.name.as_str() == secret_name)
+    {
         match &spec.service_accounts {
             ServiceAccounts::All => return ServiceAccounts::All,
             ServiceAccounts::Named(n) => names.extend(n.iter().cloned()),
@@ -404,7 +500,16 @@ async fn link_service_accounts(
     service_accounts: &[ServiceAccount],
     report: &mut Report,
 ) -> Result<(), String> {
-    change_service_accounts(ctx, rule, secret_name, service_accounts, report, serviceaccounts::with_secret, "add").await
+    change_service_accounts(
+        ctx,
+        rule,
+        secret_name,
+        service_accounts,
+        report,
+        serviceaccounts::with_secret,
+        "add",
+    )
+    .await
 }
 
 async fn unlink_service_accounts(
@@ -414,7 +519,16 @@ async fn unlink_service_accounts(
     service_accounts: &[ServiceAccount],
     report: &mut Report,
 ) -> Result<(), String> {
-    change_service_accounts(ctx, rule, secret_name, service_accounts, report, serviceaccounts::without_secret, "remove").await
+    change_service_accounts(
+        ctx,
+        rule,
+        secret_name,
+        service_accounts,
+        report,
+        serviceaccounts::without_secret,
+        "remove",
+    )
+    .await
 }
 
 async fn change_service_accounts(
@@ -423,11 +537,15 @@ async fn change_service_accounts(
     secret_name: &str,
     service_accounts: &[ServiceAccount],
     report: &mut Report,
-    change: fn(&ServiceAccount, &str) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
+    change: fn(
+        &ServiceAccount,
+        &str,
+    ) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
     verb: &str,
 ) -> Result<(), String> {
     let targets = service_accounts.iter().filter(|sa| {
-        rule.includes(sa.metadata.name.as_deref().unwrap_or_default()) && change(sa, secret_name).is_some()
+        rule.includes(sa.metadata.name.as_deref().unwrap_or_default())
+            && change(sa, secret_name).is_some()
     });
     let mut errors = Vec::new();
     for sa in targets {
@@ -443,14 +561,24 @@ async fn change_service_accounts(
         match serviceaccounts::update(ctx.client, sa, secret_name, change).await {
             Ok(serviceaccounts::Outcome::Patched) => report.service_accounts_patched += 1,
             Ok(_) => {}
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(crate::chain(&e)),
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// Metrics and Events for one slot's outcome; failures and foreign secrets are logged.
-async fn record(ctx: &Context<'_>, ns: &Namespace, secret_name: &str, stored: Option<&Secret>, outcome: &Outcome) {
+async fn record(
+    ctx: &Context<'_>,
+    ns: &Namespace,
+    secret_name: &str,
+    stored: Option<&Secret>,
+    outcome: &Outcome,
+) {
     let namespace = ns.metadata.name.as_deref().unwrap_or_default();
     let result = match outcome {
         Outcome::Created => Some(WriteResult::Created),
@@ -537,10 +665,20 @@ mod tests {
 
     #[test]
     fn assignment_follows_selection_and_flags_conflicts() {
-        let c = config("    namespaces: {include: ['team-*']}\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['team-b']}\n");
-        assert!(matches!(assign(&c, &ns("team-a"), "regcred"), Assignment::Serve(_)));
-        assert!(matches!(assign(&c, &ns("other"), "regcred"), Assignment::Remove));
-        assert!(matches!(assign(&c, &ns("team-b"), "regcred"), Assignment::Conflict(v) if v == [0, 1]));
+        let c = config(
+            "    namespaces: {include: ['team-*']}\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['team-b']}\n",
+        );
+        assert!(matches!(
+            assign(&c, &ns("team-a"), "regcred"),
+            Assignment::Serve(_)
+        ));
+        assert!(matches!(
+            assign(&c, &ns("other"), "regcred"),
+            Assignment::Remove
+        ));
+        assert!(
+            matches!(assign(&c, &ns("team-b"), "regcred"), Assignment::Conflict(v) if v == [0, 1])
+        );
     }
 
     #[test]
@@ -550,16 +688,54 @@ mod tests {
         let now = Timestamp::now();
         let six = SignedDuration::from_hours(6);
         let none = TokenView::default();
-        assert!(matches!(plan(spec, "a", None, &none, now, six, Freshness::SoundAndFresh), Step::NeedsTokens(s) if s.len() == 1));
-        let fresh = written(plan(spec, "a", None, &view("pw", now + SignedDuration::from_hours(12)), now, six, Freshness::SoundAndFresh));
-        assert!(matches!(plan(spec, "a", Some(&fresh), &none, now, six, Freshness::SoundAndFresh), Step::Unchanged));
+        assert!(
+            matches!(plan(spec, "a", None, &none, now, six, Freshness::SoundAndFresh), Step::NeedsTokens(s) if s.len() == 1)
+        );
+        let fresh = written(plan(
+            spec,
+            "a",
+            None,
+            &view("pw", now + SignedDuration::from_hours(12)),
+            now,
+            six,
+            Freshness::SoundAndFresh,
+        ));
+        assert!(matches!(
+            plan(
+                spec,
+                "a",
+                Some(&fresh),
+                &none,
+                now,
+                six,
+                Freshness::SoundAndFresh
+            ),
+            Step::Unchanged
+        ));
         let later = now + SignedDuration::from_hours(7);
-        assert!(matches!(plan(spec, "a", Some(&fresh), &none, later, six, Freshness::SoundAndFresh), Step::NeedsTokens(_)));
+        assert!(matches!(
+            plan(
+                spec,
+                "a",
+                Some(&fresh),
+                &none,
+                later,
+                six,
+                Freshness::SoundAndFresh
+            ),
+            Step::NeedsTokens(_)
+        ));
         // The controller wants exactly its current token.
         let newer = view("pw2", now + SignedDuration::from_hours(12));
-        assert!(matches!(plan(spec, "a", Some(&fresh), &newer, now, six, Freshness::Exact), Step::Apply { .. }));
+        assert!(matches!(
+            plan(spec, "a", Some(&fresh), &newer, now, six, Freshness::Exact),
+            Step::Apply { .. }
+        ));
         let same = view("pw", now + SignedDuration::from_hours(12));
-        assert!(matches!(plan(spec, "a", Some(&fresh), &same, now, six, Freshness::Exact), Step::Unchanged));
+        assert!(matches!(
+            plan(spec, "a", Some(&fresh), &same, now, six, Freshness::Exact),
+            Step::Unchanged
+        ));
     }
 
     #[test]
@@ -576,11 +752,34 @@ mod tests {
             ..Secret::default()
         };
         let c = config("");
-        assert!(matches!(plan(&c.secrets[0], "a", Some(&foreign), &tokens, now, six, Freshness::Exact), Step::Foreign));
+        assert!(matches!(
+            plan(
+                &c.secrets[0],
+                "a",
+                Some(&foreign),
+                &tokens,
+                now,
+                six,
+                Freshness::Exact
+            ),
+            Step::Foreign
+        ));
         let adopt = config("    adopt: true\n");
-        match plan(&adopt.secrets[0], "a", Some(&foreign), &tokens, now, six, Freshness::SoundAndFresh) {
+        match plan(
+            &adopt.secrets[0],
+            "a",
+            Some(&foreign),
+            &tokens,
+            now,
+            six,
+            Freshness::SoundAndFresh,
+        ) {
             Step::Apply { over, secret } => {
-                assert_eq!(over.as_deref(), Some("7"), "adoption writes over the version it read");
+                assert_eq!(
+                    over.as_deref(),
+                    Some("7"),
+                    "adoption writes over the version it read"
+                );
                 assert!(secrets::is_managed(&secret));
             }
             other => panic!("{other:?}"),
@@ -589,7 +788,18 @@ mod tests {
             type_: Some("Opaque".into()),
             ..foreign
         };
-        assert!(matches!(plan(&adopt.secrets[0], "a", Some(&opaque), &tokens, now, six, Freshness::Exact), Step::CannotAdopt(_)));
+        assert!(matches!(
+            plan(
+                &adopt.secrets[0],
+                "a",
+                Some(&opaque),
+                &tokens,
+                now,
+                six,
+                Freshness::Exact
+            ),
+            Step::CannotAdopt(_)
+        ));
     }
 
     #[test]
@@ -597,10 +807,26 @@ mod tests {
         let now = Timestamp::now();
         let tokens = view("pw", now + SignedDuration::from_hours(12));
         let c = config("");
-        let mut broken = written(plan(&c.secrets[0], "a", None, &tokens, now, SignedDuration::from_hours(6), Freshness::Exact));
+        let mut broken = written(plan(
+            &c.secrets[0],
+            "a",
+            None,
+            &tokens,
+            now,
+            SignedDuration::from_hours(6),
+            Freshness::Exact,
+        ));
         broken.type_ = Some("Opaque".into());
         assert!(matches!(
-            plan(&c.secrets[0], "a", Some(&broken), &tokens, now, SignedDuration::from_hours(6), Freshness::SoundAndFresh),
+            plan(
+                &c.secrets[0],
+                "a",
+                Some(&broken),
+                &tokens,
+                now,
+                SignedDuration::from_hours(6),
+                Freshness::SoundAndFresh
+            ),
             Step::Replace { .. }
         ));
     }

@@ -61,7 +61,10 @@ impl FromStr for Host {
             None => (lower.as_str(), None),
         };
         if let Some(port) = port {
-            port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(bad)?;
         }
         let label_ok = |l: &str| {
             !l.is_empty()
@@ -345,28 +348,77 @@ mod tests {
         use Partition::*;
         let a = "123456789012";
         let cases = [
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com", private(a, "us-east-1", Aws, false, false)),
-            ("123456789012.DKR.ECR.eu-west-1.AMAZONAWS.COM", private(a, "eu-west-1", Aws, false, false)),
-            ("123456789012.dkr.ecr-fips.us-west-2.amazonaws.com", private(a, "us-west-2", Aws, true, false)),
-            ("123456789012.dkr-ecr.us-east-1.on.aws", private(a, "us-east-1", Aws, false, true)),
-            ("123456789012.dkr-ecr-fips.us-east-1.on.aws", private(a, "us-east-1", Aws, true, true)),
-            ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", private(a, "cn-north-1", AwsCn, false, false)),
-            ("123456789012.dkr-ecr.cn-northwest-1.on.amazonwebservices.com.cn", private(a, "cn-northwest-1", AwsCn, false, true)),
-            ("123456789012.dkr.ecr.us-gov-west-1.amazonaws.com", private(a, "us-gov-west-1", AwsUsGov, false, false)),
-            ("123456789012.dkr.ecr-fips.us-gov-east-1.amazonaws.com", private(a, "us-gov-east-1", AwsUsGov, true, false)),
-            ("123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov", private(a, "us-iso-east-1", AwsIso, false, false)),
-            ("123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov", private(a, "us-isob-east-1", AwsIsoB, false, false)),
-            ("123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk", private(a, "eu-isoe-west-1", AwsIsoE, false, false)),
-            ("123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov", private(a, "us-isof-south-1", AwsIsoF, false, false)),
-            ("123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu", private(a, "eusc-de-east-1", AwsEusc, false, false)),
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com:443", private(a, "us-east-1", Aws, false, false)),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                private(a, "us-east-1", Aws, false, false),
+            ),
+            (
+                "123456789012.DKR.ECR.eu-west-1.AMAZONAWS.COM",
+                private(a, "eu-west-1", Aws, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-west-2.amazonaws.com",
+                private(a, "us-west-2", Aws, true, false),
+            ),
+            (
+                "123456789012.dkr-ecr.us-east-1.on.aws",
+                private(a, "us-east-1", Aws, false, true),
+            ),
+            (
+                "123456789012.dkr-ecr-fips.us-east-1.on.aws",
+                private(a, "us-east-1", Aws, true, true),
+            ),
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                private(a, "cn-north-1", AwsCn, false, false),
+            ),
+            (
+                "123456789012.dkr-ecr.cn-northwest-1.on.amazonwebservices.com.cn",
+                private(a, "cn-northwest-1", AwsCn, false, true),
+            ),
+            (
+                "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com",
+                private(a, "us-gov-west-1", AwsUsGov, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-gov-east-1.amazonaws.com",
+                private(a, "us-gov-east-1", AwsUsGov, true, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+                private(a, "us-iso-east-1", AwsIso, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov",
+                private(a, "us-isob-east-1", AwsIsoB, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk",
+                private(a, "eu-isoe-west-1", AwsIsoE, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov",
+                private(a, "us-isof-south-1", AwsIsoF, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+                private(a, "eusc-de-east-1", AwsEusc, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com:443",
+                private(a, "us-east-1", Aws, false, false),
+            ),
             ("public.ecr.aws", Target::Public),
             ("ecr-public.aws.com", Target::Public),
         ];
         for (host, want) in cases {
             let got = Registry::parse(host).unwrap_or_else(|e| panic!("{host}: {e}"));
             assert_eq!(got.target, want, "{host}");
-            assert_eq!(got.host(), host.to_ascii_lowercase(), "host is kept, lower-cased");
+            assert_eq!(
+                got.host(),
+                host.to_ascii_lowercase(),
+                "host is kept, lower-cased"
+            );
         }
     }
 
@@ -388,15 +440,34 @@ mod tests {
                 "{host} must not resolve"
             );
         }
-        for host in ["", "  ", "123456789012.dkr.ecr..amazonaws.com", "bad host", "a..b", "-a.example", "h:0", "h:99999", "h:x", "https://public.ecr.aws"] {
+        for host in [
+            "",
+            "  ",
+            "123456789012.dkr.ecr..amazonaws.com",
+            "bad host",
+            "a..b",
+            "-a.example",
+            "h:0",
+            "h:99999",
+            "h:x",
+            "https://public.ecr.aws",
+        ] {
             assert!(Registry::parse(host).is_err(), "{host:?} must be refused");
         }
     }
 
     #[test]
     fn aliases_take_account_and_region() {
-        let r = Registry::alias("registry.internal.example:5000", "123456789012", "cn-north-1").unwrap();
-        assert_eq!(r.target, private("123456789012", "cn-north-1", Partition::AwsCn, false, false));
+        let r = Registry::alias(
+            "registry.internal.example:5000",
+            "123456789012",
+            "cn-north-1",
+        )
+        .unwrap();
+        assert_eq!(
+            r.target,
+            private("123456789012", "cn-north-1", Partition::AwsCn, false, false)
+        );
         assert_eq!(
             Registry::alias("127.0.0.1:5000", "12345", "us-east-1"),
             Err(Error::BadAccount("12345".into()))

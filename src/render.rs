@@ -26,7 +26,12 @@ pub struct RenderArgs {
     #[arg(long, value_enum, default_value_t = Format::Dockerconfigjson)]
     pub format: Format,
     /// Namespace of the Secret manifest.
-    #[arg(long = "target-namespace", env = "REGCRED_TARGET_NAMESPACE", default_value = "default", value_name = "NAMESPACE")]
+    #[arg(
+        long = "target-namespace",
+        env = "REGCRED_TARGET_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
     pub target_namespace: String,
     /// Which configured secret to render, when the configuration has several.
     #[arg(long, value_name = "NAME")]
@@ -51,17 +56,26 @@ pub async fn run(args: &RenderArgs) -> Result<Exit, Error> {
         Freshness::Exact,
     );
     let Step::Apply { secret, .. } = step else {
-        return Err(Error::Other(format!("nothing to render for secret {}", spec.name)));
+        return Err(Error::Other(format!(
+            "nothing to render for secret {}",
+            spec.name
+        )));
     };
     let text = match args.format {
         Format::Dockerconfigjson => {
-            let bytes = &secret.data.as_ref().and_then(|d| d.get(crate::secrets::DATA_KEY)).expect("rendered").0;
+            let bytes = &secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(crate::secrets::DATA_KEY))
+                .expect("rendered")
+                .0;
             let mut text = String::from_utf8_lossy(bytes).into_owned();
             text.push('\n');
             text
         }
         Format::Secret => {
-            let mut manifest = serde_json::to_value(&*secret).map_err(|e| Error::Other(e.to_string()))?;
+            let mut manifest =
+                serde_json::to_value(&*secret).map_err(|e| Error::Other(e.to_string()))?;
             if let Some(obj) = manifest.as_object_mut() {
                 obj.insert("apiVersion".into(), "v1".into());
                 obj.insert("kind".into(), "Secret".into());
@@ -86,7 +100,9 @@ fn pick<'a>(secrets: &'a [SecretConfig], name: Option<&str>) -> Result<&'a Secre
                 (Some(_), Some(_)) => Err(Error::Usage(format!(
                     "several configured secrets are named {name}; render from a file holding one"
                 ))),
-                (None, _) => Err(Error::Usage(format!("no configured secret is named {name}"))),
+                (None, _) => Err(Error::Usage(format!(
+                    "no configured secret is named {name}"
+                ))),
             }
         }
     }

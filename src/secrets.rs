@@ -46,7 +46,12 @@ pub fn is_managed(secret: &Secret) -> bool {
 }
 
 fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 fn payload(secret: &Secret) -> Option<&[u8]> {
@@ -76,7 +81,9 @@ pub fn kept_entries(stored: &Secret, served: &BTreeSet<&str>) -> BTreeMap<String
     };
     auths
         .into_iter()
-        .filter(|(host, _)| !served.contains(host.as_str()) && !previously_ours.contains(host.as_str()))
+        .filter(|(host, _)| {
+            !served.contains(host.as_str()) && !previously_ours.contains(host.as_str())
+        })
         .collect()
 }
 
@@ -89,7 +96,8 @@ pub fn desired(
     served: &[Served<'_>],
     kept: BTreeMap<String, Value>,
 ) -> Secret {
-    let mut auths: BTreeMap<String, Entry> = kept.into_iter().map(|(h, v)| (h, Entry::Kept(v))).collect();
+    let mut auths: BTreeMap<String, Entry> =
+        kept.into_iter().map(|(h, v)| (h, Entry::Kept(v))).collect();
     for s in served {
         auths.insert(s.host.to_owned(), Entry::Ours(s.token.credential.clone()));
     }
@@ -112,7 +120,13 @@ pub fn desired(
             ..ObjectMeta::default()
         },
         type_: Some(SECRET_TYPE.to_owned()),
-        data: Some([(DATA_KEY.to_owned(), ByteString(dockerconfig::render(&auths)))].into()),
+        data: Some(
+            [(
+                DATA_KEY.to_owned(),
+                ByteString(dockerconfig::render(&auths)),
+            )]
+            .into(),
+        ),
         ..Secret::default()
     }
 }
@@ -147,7 +161,12 @@ pub fn is_current(stored: &Secret, desired: &Secret) -> bool {
 /// right type, the served hosts and no others of regcred's, every served entry complete and
 /// self-consistent, and more than `before` left before it expires.
 #[must_use]
-pub fn is_sound_and_fresh(stored: &Secret, served: &BTreeSet<&str>, now: Timestamp, before: SignedDuration) -> bool {
+pub fn is_sound_and_fresh(
+    stored: &Secret,
+    served: &BTreeSet<&str>,
+    now: Timestamp,
+    before: SignedDuration,
+) -> bool {
     if !is_managed(stored) || !has_pull_secret_type(stored) {
         return false;
     }
@@ -161,11 +180,18 @@ pub fn is_sound_and_fresh(stored: &Secret, served: &BTreeSet<&str>, now: Timesta
     let Some(Ok(auths)) = payload(stored).map(dockerconfig::parse) else {
         return false;
     };
-    served.iter().all(|host| auths.get(*host).is_some_and(entry_is_complete))
+    served
+        .iter()
+        .all(|host| auths.get(*host).is_some_and(entry_is_complete))
 }
 
 fn entry_is_complete(entry: &Value) -> bool {
-    let field = |k| entry.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let field = |k| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     match (field("username"), field("password"), field("auth")) {
         (Some(user), Some(password), Some(auth)) => {
             let credential = dockerconfig::Credential {
@@ -181,13 +207,13 @@ fn entry_is_complete(entry: &Value) -> bool {
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("apply secret {namespace}/{name}: {source}")]
+    #[error("apply secret {namespace}/{name}")]
     Apply {
         namespace: String,
         name: String,
         source: kube::Error,
     },
-    #[error("delete secret {namespace}/{name}: {source}")]
+    #[error("delete secret {namespace}/{name}")]
     Delete {
         namespace: String,
         name: String,
@@ -256,7 +282,12 @@ impl Writer {
     }
 
     /// Deletes a secret, only if it is still the version that was read.
-    pub async fn delete(&self, namespace: &str, name: &str, resource_version: Option<&str>) -> Result<(), Error> {
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -307,19 +338,31 @@ mod tests {
 
     #[test]
     fn desired_carries_label_annotations_and_earliest_expiry() {
-        let (ta, tb) = (token("pa", "2026-11-29T12:00:00Z"), token("pb", "2026-11-29T11:00:00Z"));
+        let (ta, tb) = (
+            token("pa", "2026-11-29T12:00:00Z"),
+            token("pb", "2026-11-29T11:00:00Z"),
+        );
         let s = desired("regcred", "apps", &served(&ta, &tb), BTreeMap::new());
         assert!(is_managed(&s));
         assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE));
-        assert_eq!(annotation(&s, EXPIRES_AT_ANNOTATION), Some("2026-11-29T11:00:00Z"));
-        assert_eq!(annotation(&s, REGISTRIES_ANNOTATION), Some(format!("{A},{B}").as_str()));
+        assert_eq!(
+            annotation(&s, EXPIRES_AT_ANNOTATION),
+            Some("2026-11-29T11:00:00Z")
+        );
+        assert_eq!(
+            annotation(&s, REGISTRIES_ANNOTATION),
+            Some(format!("{A},{B}").as_str())
+        );
         let doc: Value = serde_json::from_slice(payload(&s).unwrap()).unwrap();
         assert_eq!(doc["auths"][A]["password"], "pa");
         assert_eq!(doc["auths"][B]["password"], "pb");
         let again = desired("regcred", "apps", &served(&ta, &tb), BTreeMap::new());
         assert!(is_current(&s, &again), "same input, same secret");
         let newer = token("pa2", "2026-11-29T12:00:00Z");
-        assert!(!is_current(&s, &desired("regcred", "apps", &served(&newer, &tb), BTreeMap::new())));
+        assert!(!is_current(
+            &s,
+            &desired("regcred", "apps", &served(&newer, &tb), BTreeMap::new())
+        ));
     }
 
     fn stored(managed: bool, registries: Option<&str>, json: &str) -> Secret {
@@ -329,23 +372,33 @@ mod tests {
             ..Secret::default()
         };
         if managed {
-            s.metadata.labels = Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into());
+            s.metadata.labels =
+                Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into());
         }
         if let Some(r) = registries {
-            s.metadata.annotations = Some([(REGISTRIES_ANNOTATION.to_owned(), r.to_owned())].into());
+            s.metadata.annotations =
+                Some([(REGISTRIES_ANNOTATION.to_owned(), r.to_owned())].into());
         }
         s
     }
 
     #[test]
     fn adoption_keeps_other_hosts_and_drops_what_regcred_no_longer_serves() {
-        let json = format!(r#"{{"auths":{{"ghcr.io":{{"auth":"eDp5"}},"{A}":{{"auth":"old"}},"old.example":{{"auth":"b2xk"}}}}}}"#);
+        let json = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"eDp5"}},"{A}":{{"auth":"old"}},"old.example":{{"auth":"b2xk"}}}}}}"#
+        );
         let ours: BTreeSet<&str> = [A].into();
         let foreign = stored(false, None, &json);
-        assert_eq!(kept_entries(&foreign, &ours).keys().collect::<Vec<_>>(), ["ghcr.io", "old.example"]);
+        assert_eq!(
+            kept_entries(&foreign, &ours).keys().collect::<Vec<_>>(),
+            ["ghcr.io", "old.example"]
+        );
         // Once managed, a host regcred served before (listed in its annotation) is dropped.
         let managed = stored(true, Some(&format!("{A},old.example")), &json);
-        assert_eq!(kept_entries(&managed, &ours).keys().collect::<Vec<_>>(), ["ghcr.io"]);
+        assert_eq!(
+            kept_entries(&managed, &ours).keys().collect::<Vec<_>>(),
+            ["ghcr.io"]
+        );
         assert!(kept_entries(&stored(true, None, "{garbage"), &ours).is_empty());
     }
 
@@ -354,16 +407,32 @@ mod tests {
         let now: Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
         let six_hours = SignedDuration::from_hours(6);
         let t = token("pa", "2026-11-29T12:00:00Z");
-        let good = desired("regcred", "apps", &[Served { host: A, token: &t }], BTreeMap::new());
+        let good = desired(
+            "regcred",
+            "apps",
+            &[Served { host: A, token: &t }],
+            BTreeMap::new(),
+        );
         let hosts: BTreeSet<&str> = [A].into();
         assert!(is_sound_and_fresh(&good, &hosts, now, six_hours));
         let later: Timestamp = "2026-11-29T06:30:00Z".parse().unwrap();
-        assert!(!is_sound_and_fresh(&good, &hosts, later, six_hours), "due for renewal");
-        assert!(!is_sound_and_fresh(&good, &[A, B].into(), now, six_hours), "a host is missing");
+        assert!(
+            !is_sound_and_fresh(&good, &hosts, later, six_hours),
+            "due for renewal"
+        );
+        assert!(
+            !is_sound_and_fresh(&good, &[A, B].into(), now, six_hours),
+            "a host is missing"
+        );
         let mut tampered = good.clone();
-        let doc = String::from_utf8(payload(&good).unwrap().to_vec()).unwrap().replace("\"pa\"", "\"px\"");
+        let doc = String::from_utf8(payload(&good).unwrap().to_vec())
+            .unwrap()
+            .replace("\"pa\"", "\"px\"");
         tampered.data = Some([(DATA_KEY.to_owned(), ByteString(doc.into_bytes()))].into());
-        assert!(!is_sound_and_fresh(&tampered, &hosts, now, six_hours), "auth no longer matches");
+        assert!(
+            !is_sound_and_fresh(&tampered, &hosts, now, six_hours),
+            "auth no longer matches"
+        );
         let mut opaque = good.clone();
         opaque.type_ = Some("Opaque".into());
         assert!(!is_sound_and_fresh(&opaque, &hosts, now, six_hours));

@@ -48,13 +48,15 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("patch serviceaccount {namespace}/{name}: {source}")]
+    #[error("patch serviceaccount {namespace}/{name}")]
     Patch {
         namespace: String,
         name: String,
         source: kube::Error,
     },
-    #[error("patch serviceaccount {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} tries")]
+    #[error(
+        "patch serviceaccount {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} tries"
+    )]
     Conflicts { namespace: String, name: String },
     #[error("patch serviceaccount {namespace}/{name}: no answer within {API_TIMEOUT:?}")]
     Timeout { namespace: String, name: String },
@@ -102,7 +104,10 @@ pub async fn update(
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Outcome::Missing),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!(%namespace, %name, "serviceaccount changed meanwhile; reading it again");
-                match tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await.map_err(|_| timeout())? {
+                match tokio::time::timeout(API_TIMEOUT, api.get_opt(&name))
+                    .await
+                    .map_err(|_| timeout())?
+                {
                     Ok(Some(fresh)) => current = fresh,
                     Ok(None) => return Ok(Outcome::Missing),
                     Err(e) => return Err(fail(e)),
@@ -123,7 +128,9 @@ mod tests {
             image_pull_secrets: Some(
                 names
                     .iter()
-                    .map(|n| LocalObjectReference { name: (*n).to_owned() })
+                    .map(|n| LocalObjectReference {
+                        name: (*n).to_owned(),
+                    })
                     .collect(),
             ),
             ..ServiceAccount::default()
@@ -136,15 +143,30 @@ mod tests {
 
     #[test]
     fn adds_once_and_keeps_others() {
-        assert_eq!(names(with_secret(&sa(&["other"]), "regcred")), Some(vec!["other".into(), "regcred".into()]));
-        assert_eq!(names(with_secret(&sa(&["regcred", "other"]), "regcred")), None);
-        assert_eq!(names(with_secret(&ServiceAccount::default(), "regcred")), Some(vec!["regcred".into()]));
+        assert_eq!(
+            names(with_secret(&sa(&["other"]), "regcred")),
+            Some(vec!["other".into(), "regcred".into()])
+        );
+        assert_eq!(
+            names(with_secret(&sa(&["regcred", "other"]), "regcred")),
+            None
+        );
+        assert_eq!(
+            names(with_secret(&ServiceAccount::default(), "regcred")),
+            Some(vec!["regcred".into()])
+        );
     }
 
     #[test]
     fn removes_only_its_own() {
-        assert_eq!(names(without_secret(&sa(&["a", "regcred", "b"]), "regcred")), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            names(without_secret(&sa(&["a", "regcred", "b"]), "regcred")),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert_eq!(names(without_secret(&sa(&["a"]), "regcred")), None);
-        assert_eq!(names(without_secret(&ServiceAccount::default(), "regcred")), None);
+        assert_eq!(
+            names(without_secret(&ServiceAccount::default(), "regcred")),
+            None
+        );
     }
 }

@@ -32,10 +32,21 @@ pub async fn run(args: &SyncArgs) -> Result<Exit, Error> {
     let config = args.config.load()?;
     let client = crate::k8s::client().await?;
     let tokens = Tokens::from_env().await;
-    let summary = pass(&client, &tokens, &config, args.dry_run, usize::from(args.concurrency)).await?;
+    let summary = pass(
+        &client,
+        &tokens,
+        &config,
+        args.dry_run,
+        usize::from(args.concurrency),
+    )
+    .await?;
     let mut out = std::io::stdout().lock();
     crate::write_stdout(&mut out, &summary.render())?;
-    Ok(if summary.failed() { Exit::Failed } else { Exit::Ok })
+    Ok(if summary.failed() {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    })
 }
 
 /// The tokens a pass needs: one fetch per source that some secret is due for, no more.
@@ -106,7 +117,10 @@ pub async fn pass(
         .map(|ns| {
             let name = ns.metadata.name.as_deref().unwrap_or_default();
             let stored = snapshot.secrets.get(name).unwrap_or(&no_secrets);
-            let sas = snapshot.service_accounts.get(name).map_or(&[][..], Vec::as_slice);
+            let sas = snapshot
+                .service_accounts
+                .get(name)
+                .map_or(&[][..], Vec::as_slice);
             reconcile::namespace(&ctx, ns, stored, sas)
         })
         .buffer_unordered(concurrency)
@@ -140,7 +154,9 @@ fn tally(report: &Report) -> Tally {
     let outcomes = || report.secrets.values();
     if outcomes().any(|o| o.is_failure() || *o == Outcome::Pending) {
         Tally::Failed
-    } else if report.service_accounts_patched > 0 || outcomes().any(|o| matches!(o, Outcome::Created | Outcome::Updated)) {
+    } else if report.service_accounts_patched > 0
+        || outcomes().any(|o| matches!(o, Outcome::Created | Outcome::Updated))
+    {
         Tally::Written
     } else if outcomes().any(|o| *o == Outcome::Skipped) {
         Tally::Skipped
@@ -152,8 +168,14 @@ fn tally(report: &Report) -> Tally {
 impl Summary {
     #[must_use]
     pub fn failed(&self) -> bool {
-        self.reports.iter().filter(|r| r.is_selected()).any(|r| tally(r) == Tally::Failed)
-            || self.reports.iter().any(|r| r.secrets.values().any(Outcome::is_failure))
+        self.reports
+            .iter()
+            .filter(|r| r.is_selected())
+            .any(|r| tally(r) == Tally::Failed)
+            || self
+                .reports
+                .iter()
+                .any(|r| r.secrets.values().any(Outcome::is_failure))
     }
 
     /// The summary line, the removals, then one line per failure (or per planned write).
@@ -164,7 +186,12 @@ impl Summary {
         let removed: usize = self
             .reports
             .iter()
-            .map(|r| r.secrets.values().filter(|o| **o == Outcome::Removed).count())
+            .map(|r| {
+                r.secrets
+                    .values()
+                    .filter(|o| **o == Outcome::Removed)
+                    .count()
+            })
             .sum();
         let next_expiry = self.reports.iter().flat_map(|r| r.expiries.iter()).min();
         let mut out = String::new();
@@ -187,7 +214,10 @@ impl Summary {
             self.registries,
         );
         if removed > 0 {
-            let _ = write!(out, "; removed {removed} from namespaces no longer selected");
+            let _ = write!(
+                out,
+                "; removed {removed} from namespaces no longer selected"
+            );
         }
         match next_expiry {
             Some(t) => {
@@ -219,7 +249,10 @@ mod tests {
     fn report(ns: &str, outcomes: &[(&str, Outcome)], expiry: Option<&str>) -> Report {
         Report {
             namespace: ns.into(),
-            secrets: outcomes.iter().map(|(n, o)| ((*n).to_owned(), o.clone())).collect(),
+            secrets: outcomes
+                .iter()
+                .map(|(n, o)| ((*n).to_owned(), o.clone()))
+                .collect(),
             service_accounts_patched: 0,
             expiries: expiry.map(|e| e.parse().unwrap()).into_iter().collect(),
             planned: vec![],
@@ -230,8 +263,16 @@ mod tests {
     fn the_summary_counts_namespaces_and_lists_failures() {
         let s = Summary {
             reports: vec![
-                report("a", &[("regcred", Outcome::Created)], Some("2026-11-29T12:00:00Z")),
-                report("b", &[("regcred", Outcome::Unchanged)], Some("2026-11-29T05:12:00Z")),
+                report(
+                    "a",
+                    &[("regcred", Outcome::Created)],
+                    Some("2026-11-29T12:00:00Z"),
+                ),
+                report(
+                    "b",
+                    &[("regcred", Outcome::Unchanged)],
+                    Some("2026-11-29T05:12:00Z"),
+                ),
                 report("c", &[("regcred", Outcome::Skipped)], None),
                 report("d", &[("regcred", Outcome::Foreign)], None),
                 report("e", &[("regcred", Outcome::Removed)], None),
@@ -247,7 +288,12 @@ mod tests {
             "synced 4 namespaces (1 written, 1 unchanged, 1 skipped, 1 failed) for 2 registries; \
              removed 1 from namespaces no longer selected; next expiry 2026-11-29T05:12:00Z"
         );
-        assert!(lines.next().unwrap().starts_with("failed: d: secret regcred exists and is not managed"));
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with("failed: d: secret regcred exists and is not managed")
+        );
         assert!(lines.next().is_none());
         assert!(s.failed());
     }

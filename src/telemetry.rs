@@ -1,5 +1,7 @@
 //! Logging: to stderr always (stdout carries results), as text or JSON.
 
+use std::io::IsTerminal as _;
+
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -16,7 +18,13 @@ pub enum LogFormat {
 pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace) or a full filter such as
     /// `regcred=debug,kube=info`. `RUST_LOG`, when set, wins.
-    #[arg(long, global = true, env = "REGCRED_LOG_LEVEL", default_value = "info", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "REGCRED_LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
     pub log_level: String,
     /// Log line format.
     #[arg(long, global = true, env = "REGCRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -38,12 +46,15 @@ impl Default for LogArgs {
 /// When the level is not a valid filter.
 pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Ok(env) if !env.is_empty() => {
+            EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}"))?
+        }
         _ => EnvFilter::try_new(&args.log_level).map_err(|e| format!("--log-level: {e}"))?,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_span_events(FmtSpan::NONE);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),

@@ -1,0 +1,46 @@
+# One task runner for humans and CI. `make test` and `make demo` work on a fresh machine:
+# they install what the local stack needs (apt, a Python venv, Go builds; cached outside git).
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+CARGO ?= cargo
+TESTENV := scripts/testenv.sh
+
+.PHONY: build release test unit integration lint fmt demo up down install bench clean-testenv
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release --locked
+
+install:
+	$(TESTENV) install
+
+up:
+	$(TESTENV) up
+
+down:
+	$(TESTENV) down
+
+# Unit tests, then every integration test against the real stack, which is stopped
+# afterwards whatever the outcome.
+test: install
+	$(CARGO) build --locked --all-targets
+	$(TESTENV) up
+	@set -o pipefail; rc=0; \
+	  $(CARGO) test --locked --all-targets || rc=$$?; \
+	  $(TESTENV) down || true; \
+	  exit $$rc
+
+unit:
+	$(CARGO) test --locked --lib --bins
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+demo: install
+	scripts/demo.sh

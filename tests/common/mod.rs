@@ -1,0 +1,606 @@
+//! The integration-test harness: the real local stack (started if it is not up), one
+//! namespace per test, and ServiceAccount identities with exactly the RBAC a test gives.
+#![allow(dead_code, clippy::missing_panics_doc)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub const FIELD_MANAGER: &str = "regcred";
+
+/// The running stack: its environment (from `.testenv/env`) and paths.
+#[derive(Debug)]
+pub struct Stack {
+    pub env: BTreeMap<String, String>,
+    pub root: PathBuf,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stack, brought up once per test binary (`scripts/testenv.sh up` is idempotent and
+/// locked, so test binaries running at once do not race).
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let root = root();
+        let script = root.join("scripts/testenv.sh");
+        let healthy = Command::new(&script)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !healthy {
+            let status = Command::new(&script)
+                .arg("up")
+                .status()
+                .expect("run scripts/testenv.sh up");
+            assert!(status.success(), "scripts/testenv.sh up failed");
+        }
+        let text = std::fs::read_to_string(root.join(".testenv/env")).expect("read .testenv/env");
+        let env = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Stack { env, root }
+    })
+}
+
+impl Stack {
+    pub fn var(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from .testenv/env"))
+    }
+
+    /// A client acting as cluster admin.
+    pub async fn admin(&self) -> kube::Client {
+        client_from(Path::new(self.var("KUBECONFIG"))).await
+    }
+
+    /// How many calls of each operation the fake AWS saw from this access key.
+    pub fn aws_calls(&self, key: &str) -> HashMap<String, u64> {
+        let body = http(
+            "GET",
+            &format!("{}/calls?key={key}", self.var("REGCRED_TEST_CONTROL")),
+            None,
+        );
+        serde_json::from_str(&body).expect("calls JSON")
+    }
+
+    /// Token calls (private and public) made with this access key.
+    pub fn token_calls(&self, key: &str) -> u64 {
+        let calls = self.aws_calls(key);
+        calls.get("ecr:GetAuthorizationToken").copied().unwrap_or(0)
+            + calls
+                .get("ecr-public:GetAuthorizationToken")
+                .copied()
+                .unwrap_or(0)
+    }
+
+    /// Per-access-key behaviour of the fake AWS (`{"ttl": 30, "fail": true, ...}`).
+    pub fn set_aws_key(&self, key: &str, settings: &serde_json::Value) {
+        http(
+            "PUT",
+            &format!("{}/keys/{key}", self.var("REGCRED_TEST_CONTROL")),
+            Some(&settings.to_string()),
+        );
+    }
+}
+
+pub async fn client_from(kubeconfig: &Path) -> kube::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// A minimal HTTP/1.0 exchange with the fake AWS control API on loopback.
+pub fn http(method: &str, url: &str, body: Option<&str>) -> String {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the control API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.starts_with("HTTP/1.0 2") || head.starts_with("HTTP/1.1 2"),
+        "{method} {url}: {head}"
+    );
+    body.to_owned()
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{:x}{:x}-{}",
+        std::process::id() % 0xfff,
+        nanos % 0xffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn create_namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Namespace {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"))
+}
+
+pub async fn create_service_account(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    pull_secrets: &[&str],
+) -> ServiceAccount {
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+            pull_secrets
+                .iter()
+                .map(|n| k8s_openapi::api::core::v1::LocalObjectReference {
+                    name: (*n).to_owned(),
+                })
+                .collect()
+        }),
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap_or_else(|e| panic!("create serviceaccount {namespace}/{name}: {e}"))
+}
+
+fn rule(
+    groups: &[&str],
+    resources: &[&str],
+    verbs: &[&str],
+    names: Option<&[String]>,
+) -> PolicyRule {
+    let strings = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
+    PolicyRule {
+        api_groups: strings(groups),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
+        resource_names: names.map(<[String]>::to_vec),
+        ..PolicyRule::default()
+    }
+}
+
+/// The cluster-wide rules of the spec's least-privilege section (what the chart grants).
+pub fn chart_cluster_rules(secret_names: &[&str], patch_service_accounts: bool) -> Vec<PolicyRule> {
+    let names: Vec<String> = secret_names.iter().map(|s| (*s).to_owned()).collect();
+    let mut rules = vec![
+        rule(&[""], &["namespaces"], &["get", "list", "watch"], None),
+        rule(&[""], &["secrets"], &["create"], None),
+        rule(
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch", "patch", "update", "delete"],
+            Some(&names),
+        ),
+        rule(
+            &["", "events.k8s.io"],
+            &["events"],
+            &["create", "patch"],
+            None,
+        ),
+    ];
+    if patch_service_accounts {
+        rules.push(rule(
+            &[""],
+            &["serviceaccounts"],
+            &["get", "list", "watch", "patch"],
+            None,
+        ));
+    }
+    rules
+}
+
+/// The rules in regcred's own namespace: its Lease.
+pub fn chart_namespace_rules(lease: &str) -> Vec<PolicyRule> {
+    vec![
+        rule(&["coordination.k8s.io"], &["leases"], &["create"], None),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "update"],
+            Some(&[lease.to_owned()]),
+        ),
+    ]
+}
+
+/// A ServiceAccount to act as, with a kubeconfig holding its token.
+#[derive(Debug)]
+pub struct Identity {
+    pub namespace: String,
+    pub name: String,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Identity {
+    pub async fn client(&self) -> kube::Client {
+        client_from(&self.kubeconfig).await
+    }
+}
+
+/// Creates a ServiceAccount in `namespace` bound to exactly these rules (cluster-wide and
+/// in its own namespace), mints a token for it and writes a kubeconfig.
+pub async fn identity(
+    admin: &kube::Client,
+    namespace: &str,
+    cluster_rules: Vec<PolicyRule>,
+    namespace_rules: Vec<PolicyRule>,
+) -> Identity {
+    let name = unique("regcred-sa");
+    create_service_account(admin, namespace, &name, &[]).await;
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: name.clone(),
+        namespace: Some(namespace.to_owned()),
+        ..Subject::default()
+    };
+    let meta = |n: &str| ObjectMeta {
+        name: Some(n.to_owned()),
+        ..ObjectMeta::default()
+    };
+    let pp = PostParams::default();
+    if !cluster_rules.is_empty() {
+        let role = ClusterRole {
+            metadata: meta(&name),
+            rules: Some(cluster_rules),
+            ..ClusterRole::default()
+        };
+        Api::<ClusterRole>::all(admin.clone())
+            .create(&pp, &role)
+            .await
+            .expect("create clusterrole");
+        let binding = ClusterRoleBinding {
+            metadata: meta(&name),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![subject.clone()]),
+        };
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .create(&pp, &binding)
+            .await
+            .expect("create clusterrolebinding");
+    }
+    if !namespace_rules.is_empty() {
+        let role = Role {
+            metadata: meta(&name),
+            rules: Some(namespace_rules),
+        };
+        Api::<Role>::namespaced(admin.clone(), namespace)
+            .create(&pp, &role)
+            .await
+            .expect("create role");
+        let binding = RoleBinding {
+            metadata: meta(&name),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![subject]),
+        };
+        Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+            .create(&pp, &binding)
+            .await
+            .expect("create rolebinding");
+    }
+    let token = service_account_token(admin, namespace, &name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let s = stack();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n    namespace: {namespace}\n\
+             current-context: sa\n",
+            s.var("REGCRED_TEST_APISERVER"),
+            s.var("REGCRED_TEST_CA"),
+        ),
+    )
+    .unwrap();
+    Identity {
+        namespace: namespace.to_owned(),
+        name,
+        kubeconfig,
+        _dir: dir,
+    }
+}
+
+/// A ServiceAccount token from the TokenRequest API.
+pub async fn service_account_token(admin: &kube::Client, namespace: &str, name: &str) -> String {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("token request")
+        .status
+        .expect("token status")
+        .token
+        .expect("token")
+}
+
+/// An identity with the chart's RBAC for these secret names, in a fresh namespace of its own.
+pub async fn chart_identity(
+    admin: &kube::Client,
+    secret_names: &[&str],
+    patch_service_accounts: bool,
+) -> Identity {
+    let home = unique("regcred-home");
+    create_namespace(admin, &home, &[]).await;
+    identity(
+        admin,
+        &home,
+        chart_cluster_rules(secret_names, patch_service_accounts),
+        chart_namespace_rules("regcred"),
+    )
+    .await
+}
+
+/// The regcred binary, with the stack's AWS environment, acting as `who`, and counting its
+/// AWS calls under its own access key id (returned).
+pub fn regcred(who: &Identity) -> (Command, String) {
+    let s = stack();
+    let key = unique("AKIATEST").replace('-', "").to_uppercase();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcred"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("KUBECONFIG", &who.kubeconfig)
+        .env("AWS_ENDPOINT_URL", s.var("AWS_ENDPOINT_URL"))
+        .env(
+            "AWS_ENDPOINT_URL_ECR_PUBLIC",
+            s.var("AWS_ENDPOINT_URL_ECR_PUBLIC"),
+        )
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", s.var("AWS_REGION"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    (cmd, key)
+}
+
+/// Writes a config file into a temp dir that lives as long as the returned handle.
+pub fn config_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("regcred.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+/// The stack's registry as a registry entry: an alias with account and region.
+pub fn registry_alias_yaml() -> String {
+    let s = stack();
+    format!(
+        "      - host: \"{}\"\n        accountId: \"{}\"\n        region: us-east-1\n",
+        s.var("REGCRED_TEST_REGISTRY"),
+        s.var("REGCRED_TEST_ACCOUNT")
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn get_secret(client: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .expect("get secret")
+}
+
+/// The `.dockerconfigjson` of a secret, parsed.
+pub fn dockerconfig(secret: &Secret) -> serde_json::Value {
+    let bytes = &secret.data.as_ref().expect("data")[".dockerconfigjson"].0;
+    serde_json::from_slice(bytes).expect("dockerconfigjson")
+}
+
+/// Pulls the stack's test image with skopeo using this authfile; returns skopeo's output.
+pub fn skopeo_pull(authfile: &Path) -> Output {
+    let s = stack();
+    let dest = tempfile::tempdir().unwrap();
+    Command::new("skopeo")
+        .args([
+            "--policy",
+            s.var("REGCRED_TEST_POLICY"),
+            "copy",
+            "--authfile",
+        ])
+        .arg(authfile)
+        .args(["--src-cert-dir", s.var("REGCRED_TEST_CERT_DIR")])
+        .arg(format!("docker://{}", s.var("REGCRED_TEST_IMAGE")))
+        .arg(format!("dir:{}", dest.path().display()))
+        .output()
+        .expect("run skopeo")
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private fake AWS (moto wrapped by `testenv/fake_aws.py`) that a test may stop and
+/// start again, unlike the shared one.
+#[derive(Debug)]
+pub struct FakeAws {
+    pub port: u16,
+    pub public_port: u16,
+    ttl: Option<String>,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeAws {
+    /// Starts one; `ttl` sets `REGCRED_TEST_TOKEN_TTL` (default 12h).
+    pub fn start(ttl: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut aws = Self {
+            port: free_port(),
+            public_port: free_port(),
+            ttl: ttl.map(str::to_owned),
+            child: None,
+            log: dir.path().join("fake_aws.log"),
+            _dir: dir,
+        };
+        aws.resume();
+        aws
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn public_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.public_port)
+    }
+
+    /// Starts it again on the same ports after [`FakeAws::stop`], and waits until it answers.
+    pub fn resume(&mut self) {
+        let s = stack();
+        let python = Path::new(s.var("REGCRED_TEST_VENV")).join("bin/python");
+        let mut cmd = Command::new(python);
+        cmd.arg(s.root.join("testenv/fake_aws.py"))
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--public-port",
+                &self.public_port.to_string(),
+            ])
+            .arg("--log")
+            .arg(&self.log);
+        if let Some(ttl) = &self.ttl {
+            cmd.env("REGCRED_TEST_TOKEN_TTL", ttl);
+        }
+        self.child = Some(cmd.spawn().expect("start fake_aws.py"));
+        let start = Instant::now();
+        let health = format!("127.0.0.1:{}", self.port);
+        while std::net::TcpStream::connect(&health).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.public_port)).is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_mins(1),
+                "fake_aws.py did not start; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills it: its endpoints refuse connections until [`FakeAws::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn calls(&self, key: &str) -> HashMap<String, u64> {
+        serde_json::from_str(&http(
+            "GET",
+            &format!("{}/_regcred/calls?key={key}", self.endpoint()),
+            None,
+        ))
+        .unwrap()
+    }
+}
+
+impl Drop for FakeAws {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
