@@ -1,10 +1,36 @@
 //! `regcred run`: the controller that keeps every selected namespace's pull secret valid.
+//!
+//! kube-runtime schedules: a `Controller` over Namespaces, triggered also by regcred's own
+//! Secrets (watched by name) and, when it patches them, ServiceAccounts; a full
+//! reconciliation whenever the tokens change or this replica becomes leader. Each
+//! reconciliation is [`reconcile::namespace`], the same code `sync` runs.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
+use rand::Rng as _;
+use tokio::sync::watch;
 
-use crate::config::ConfigArgs;
+use crate::admin::{self, Health};
+use crate::config::{Config, ConfigArgs, ServiceAccounts};
+use crate::ecr::Tokens;
+use crate::events::Events;
+use crate::lease;
+use crate::metrics::Metrics;
+use crate::namespaces::Verdict;
+use crate::reconcile::{self, Context, Freshness, Outcome, TokenView};
+use crate::refresher::{self, Refresher};
+use crate::secrets::Writer;
 use crate::{Error, Exit};
 
 #[derive(Args, Clone, Debug)]
@@ -12,20 +38,467 @@ pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Address of the admin server (/livez, /readyz, /metrics).
-    #[arg(long, env = "REGCRED_ADMIN_ADDR", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "REGCRED_ADMIN_ADDR",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
     pub admin_addr: SocketAddr,
     /// Namespace of the leader-election Lease (regcred's own namespace in a pod).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default", value_name = "NAMESPACE")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "REGCRED_LEASE_NAME", default_value = "regcred", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "REGCRED_LEASE_NAME",
+        default_value = "regcred",
+        value_name = "NAME"
+    )]
     pub lease_name: String,
-    /// This replica's identity in the Lease (the pod name in a pod; default the host name).
+    /// How long the Lease stays held without renewal: a failed leader is replaced within
+    /// about this time.
+    #[arg(long, env = "REGCRED_LEASE_DURATION", default_value = "15s", value_name = "DURATION", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease (the pod name in a pod; default host name and
+    /// process id).
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
+    /// Namespaces reconciled at once.
+    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
-#[allow(clippy::unused_async)] // Not implemented yet; the real mode awaits.
-pub async fn run(_args: &RunArgs) -> Result<Exit, Error> {
-    Err(Error::Other("run is not implemented yet".into()))
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 15s)"))?;
+    if d.as_secs() < 1 {
+        return Err(format!("{s:?}: at least 1s"));
+    }
+    Ok(d.unsigned_abs())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "regcred".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
+    let config = Arc::new(args.config.load()?);
+    let listener = admin::bind(args.admin_addr)
+        .await
+        .map_err(|e| Error::Usage(format!("--admin-addr {}: {e}", args.admin_addr)))?;
+    let client = crate::k8s::client().await?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    tracing::info!(
+        identity,
+        lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+        admin = %args.admin_addr,
+        secrets = ?config.secret_names(),
+        "starting the controller"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let (leading_tx, leading) = watch::channel(false);
+    let (tokens_tx, tokens) = watch::channel(Arc::new(TokenView::default()));
+
+    tokio::spawn(signals(health.clone(), stop_tx));
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let election = tokio::spawn({
+        let (client, leading_tx, stop) = (client.clone(), leading_tx, stop.clone());
+        let (namespace, name) = (args.lease_namespace.clone(), args.lease_name.clone());
+        let timing = lease::Timing::new(args.lease_duration);
+        async move {
+            lease::run(
+                client, &namespace, &name, &identity, timing, leading_tx, stop,
+            )
+            .await;
+        }
+    });
+    let refresher = Refresher::new(
+        Tokens::from_env().await,
+        &config,
+        metrics.clone(),
+        health.clone(),
+    );
+    let refresher = tokio::spawn(refresher.run(tokens_tx, leading.clone(), stop.clone()));
+    tokio::spawn(leader_gauge(leading.clone(), metrics.clone()));
+
+    let controller = controller(ControllerParts {
+        client,
+        config,
+        metrics,
+        health,
+        tokens,
+        leading,
+        stop: stop.clone(),
+        concurrency: args.concurrency,
+    });
+    controller.await;
+
+    // Everything else stops on the same signal; bound the wait so SIGTERM exits promptly.
+    let rest = async {
+        let _ = election.await;
+        let _ = refresher.await;
+        let _ = admin.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(4), rest)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop in time; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(Exit::Ok)
+}
+
+/// The first SIGTERM or SIGINT stops everything gracefully (readiness goes false at once);
+/// a second one aborts.
+async fn signals(health: Arc<Health>, stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    health.stopping.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: aborting");
+    std::process::exit(Exit::Failed as i32);
+}
+
+async fn leader_gauge(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    loop {
+        metrics.leader(*leading.borrow_and_update());
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A stream of a watch channel's values after each change.
+fn changes<T: Clone + Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let value = rx.borrow_and_update().clone();
+        Some((value, rx))
+    })
+}
+
+struct ControllerParts {
+    client: kube::Client,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tokens: watch::Receiver<Arc<TokenView>>,
+    leading: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    concurrency: u16,
+}
+
+/// What every reconciliation shares.
+struct Ctx {
+    client: kube::Client,
+    writer: Writer,
+    events: Events,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tokens: watch::Receiver<Arc<TokenView>>,
+    leading: watch::Receiver<bool>,
+    namespaces: Store<Namespace>,
+    secrets: BTreeMap<String, Store<Secret>>,
+    service_accounts: Option<Store<ServiceAccount>>,
+    /// Namespaces reconciled since this replica became leader (until the first full pass).
+    first_pass: Mutex<HashSet<String>>,
+    /// Consecutive failures per namespace, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+async fn controller(parts: ControllerParts) {
+    let ControllerParts {
+        client,
+        config,
+        metrics,
+        health,
+        tokens,
+        leading,
+        stop,
+        concurrency,
+    } = parts;
+    let mut controller = Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let namespaces = controller.store();
+
+    let mut secrets = BTreeMap::new();
+    for name in config.secret_names() {
+        let (reader, writer) = reflector::store();
+        let watch = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream =
+            reflector::reflector(writer, watcher(Api::<Secret>::all(client.clone()), watch))
+                .default_backoff()
+                .touched_objects();
+        controller = controller.watches_stream(stream, namespace_of);
+        secrets.insert(name, reader);
+    }
+    let service_accounts = if config.patches_service_accounts() {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(
+                Api::<ServiceAccount>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        controller = controller.watches_stream(stream, namespace_of);
+        Some(reader)
+    } else {
+        None
+    };
+
+    let became_leader = changes(leading.clone())
+        .filter(|l| std::future::ready(*l))
+        .map(|_| ());
+    let tokens_changed = changes(tokens.clone()).map(|_| ());
+    let ctx = Arc::new(Ctx {
+        writer: Writer::new(client.clone()),
+        events: Events::new(client.clone()),
+        client,
+        config,
+        metrics,
+        health,
+        tokens,
+        leading: leading.clone(),
+        namespaces: namespaces.clone(),
+        secrets,
+        service_accounts,
+        first_pass: Mutex::default(),
+        failures: Mutex::default(),
+    });
+    tokio::spawn(readiness(ctx.clone(), leading));
+    tokio::spawn(selected_gauge(ctx.clone(), stop.clone()));
+
+    let mut stop_ctl = stop;
+    controller
+        .reconcile_all_on(tokens_changed)
+        .reconcile_all_on(became_leader)
+        .graceful_shutdown_on(async move {
+            let _ = stop_ctl.wait_for(|s| *s).await;
+        })
+        .run(reconcile_namespace, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+}
+
+#[allow(clippy::needless_pass_by_value)] // The mapper signature kube-runtime asks for.
+fn namespace_of<K: kube::Resource>(obj: K) -> Option<ObjectRef<Namespace>> {
+    obj.meta().namespace.as_deref().map(ObjectRef::new)
+}
+
+/// Readiness for what this replica is: a standby is ready once its caches are filled; a
+/// leader once it has reconciled every namespace since it took over.
+async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
+    let _ = ctx.namespaces.wait_until_ready().await;
+    loop {
+        let lead = *leading.borrow_and_update();
+        ctx.first_pass.lock().expect("not poisoned").clear();
+        ctx.health.reconciled.store(!lead, Ordering::Relaxed);
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps `regcred_namespaces_selected` current.
+async fn selected_gauge(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let selected = ctx
+            .namespaces
+            .state()
+            .iter()
+            .filter(|ns| {
+                ctx.config
+                    .secrets
+                    .iter()
+                    .any(|s| s.namespaces.verdict(ns) == Verdict::Selected)
+            })
+            .count();
+        ctx.metrics.namespaces_selected(selected);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
+    if !*ctx.leading.borrow() {
+        return Ok(Action::await_change());
+    }
+    for store in ctx.secrets.values() {
+        let _ = store.wait_until_ready().await;
+    }
+    if let Some(store) = &ctx.service_accounts {
+        let _ = store.wait_until_ready().await;
+    }
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let stored: BTreeMap<String, Secret> = ctx
+        .secrets
+        .iter()
+        .filter_map(|(secret, store)| {
+            let found = store.get(&ObjectRef::new(secret).within(&name))?;
+            Some((secret.clone(), Secret::clone(&found)))
+        })
+        .collect();
+    let service_accounts = ctx.service_accounts_in(&name);
+    let view = ctx.tokens.borrow().clone();
+    let started = Instant::now();
+    let report = reconcile::namespace(
+        &Context {
+            client: &ctx.client,
+            writer: &ctx.writer,
+            config: &ctx.config,
+            tokens: &view,
+            freshness: Freshness::Exact,
+            dry_run: false,
+            metrics: Some(&ctx.metrics),
+            events: Some(&ctx.events),
+        },
+        &ns,
+        &stored,
+        &service_accounts,
+    )
+    .await;
+    ctx.metrics
+        .reconcile_duration(started.elapsed().as_secs_f64());
+    if report.secrets.values().any(|o| *o == Outcome::Pending) {
+        // The token arrives with a full reconciliation of its own.
+        return Ok(Action::await_change());
+    }
+    ctx.mark_reconciled(&name);
+    let failures: Vec<String> = report
+        .secrets
+        .values()
+        .filter_map(|o| match o {
+            Outcome::Failed(why) => Some(why.clone()),
+            _ => None,
+        })
+        .collect();
+    if failures.is_empty() {
+        ctx.failures.lock().expect("not poisoned").remove(&name);
+        Ok(Action::await_change())
+    } else {
+        Err(Failed(failures.join("; ")))
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // The error-policy signature kube-runtime asks for.
+fn error_policy(ns: Arc<Namespace>, error: &Failed, ctx: Arc<Ctx>) -> Action {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let failures = {
+        let mut all = ctx.failures.lock().expect("not poisoned");
+        let n = all.entry(name.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let delay = refresher::backoff(&ctx.config.refresh, failures, rand::rng().random::<f64>());
+    tracing::debug!(namespace = name, error = %error, retry_in = ?delay, "will retry");
+    Action::requeue(delay)
+}
+
+impl Ctx {
+    fn service_accounts_in(&self, namespace: &str) -> Vec<ServiceAccount> {
+        let Some(store) = &self.service_accounts else {
+            return Vec::new();
+        };
+        let named: Option<HashSet<&str>> =
+            self.config
+                .secrets
+                .iter()
+                .try_fold(HashSet::new(), |mut names, s| {
+                    match &s.service_accounts {
+                        ServiceAccounts::All => return None,
+                        ServiceAccounts::Named(n) => names.extend(n.iter().map(String::as_str)),
+                        ServiceAccounts::None => {}
+                    }
+                    Some(names)
+                });
+        match named {
+            // Only the listed ones: look them up instead of scanning every ServiceAccount.
+            Some(listed) => listed
+                .into_iter()
+                .filter_map(|n| store.get(&ObjectRef::new(n).within(namespace)))
+                .map(|sa| ServiceAccount::clone(&sa))
+                .collect(),
+            None => store
+                .state()
+                .into_iter()
+                .filter(|sa| sa.metadata.namespace.as_deref() == Some(namespace))
+                .map(|sa| ServiceAccount::clone(&sa))
+                .collect(),
+        }
+    }
+
+    /// Notes a namespace as reconciled; readiness follows once every namespace has been.
+    fn mark_reconciled(&self, namespace: &str) {
+        if self.health.reconciled.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut done = self.first_pass.lock().expect("not poisoned");
+        done.insert(namespace.to_owned());
+        let all = self.namespaces.state();
+        if done.len() >= all.len()
+            && all
+                .iter()
+                .all(|ns| done.contains(ns.metadata.name.as_deref().unwrap_or_default()))
+        {
+            tracing::info!(namespaces = all.len(), "first full reconciliation done");
+            self.health.reconciled.store(true, Ordering::Relaxed);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! reach every piece. Desired state is computed by pure functions (`dockerconfig`,
 //! `secrets`, `reconcile::plan`, `serviceaccounts`); I/O stays in thin layers around them.
 
+pub mod admin;
 pub mod check;
 pub mod cleanup;
 pub mod cli;
@@ -13,10 +14,12 @@ pub mod dockerconfig;
 pub mod ecr;
 pub mod events;
 pub mod k8s;
+pub mod lease;
 pub mod metrics;
 pub mod namespaces;
 pub mod provider;
 pub mod reconcile;
+pub mod refresher;
 pub mod registry;
 pub mod render;
 pub mod secrets;

@@ -131,13 +131,11 @@ pub fn desired(
     }
 }
 
-/// RFC 3339 in UTC at second precision, as the annotation carries it.
+/// RFC 3339 in UTC at second precision, as the annotation carries it. Fractions are cut,
+/// never rounded up: the annotation never promises more time than the token has.
 #[must_use]
 pub fn format_time(t: Timestamp) -> String {
-    t.round(jiff::Unit::Second)
-        .unwrap_or(t)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The expiry a stored secret announces.

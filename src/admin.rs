@@ -1,0 +1,98 @@
+//! The admin server: `/livez`, `/readyz` and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// What readiness is made of; the controller sets the parts.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The first full reconciliation since this replica started leading is done (standbys:
+    /// their caches are filled).
+    pub reconciled: AtomicBool,
+    /// Every token at hand is unexpired (standbys hold none and count as fresh).
+    pub tokens_fresh: AtomicBool,
+    /// A shutdown signal arrived.
+    pub stopping: AtomicBool,
+}
+
+impl Health {
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        self.reconciled.load(Ordering::Relaxed)
+            && self.tokens_fresh.load(Ordering::Relaxed)
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Why it is not ready, for the `/readyz` body.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        if self.stopping.load(Ordering::Relaxed) {
+            "shutting down"
+        } else if !self.reconciled.load(Ordering::Relaxed) {
+            "first full reconciliation not finished"
+        } else if !self.tokens_fresh.load(Ordering::Relaxed) {
+            "a registry token is expired or missing"
+        } else {
+            "ok"
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+/// Binds the admin address (fails early on a taken port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AppState { health, metrics });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let status = if state.health.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{}\n", state.health.reason()))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
