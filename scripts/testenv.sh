@@ -35,6 +35,9 @@ done
 # The folder names change with go.sum, the build flags, or requirements.txt.
 GOBIN_DIR=$CACHE/go-k8s-$K8S_VERSION-$(sha12 "$TESTENV/go.sum" <(echo "$LDFLAGS"))/bin
 VENV=$CACHE/venv-$(sha12 "$TESTENV/requirements.txt")
+# helm and kubectl for the chart tests, from their own Go module (testenv/helm).
+HELM_VERSION=$(awk '$1 == "helm.sh/helm/v3" {print $2}' "$TESTENV/helm/go.mod")
+TOOLS_DIR=$CACHE/helm-$HELM_VERSION-$(sha12 "$TESTENV/helm/go.sum" "$TESTENV/helm/build.sh" "$TESTENV/helm/kubectl/main.go")/bin
 
 log() { echo "testenv: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -94,6 +97,7 @@ install() {
   install_apt
   install_venv
   install_go
+  [ -x "$TOOLS_DIR/helm" ] && [ -x "$TOOLS_DIR/kubectl" ] || "$TESTENV/helm/build.sh" "$TOOLS_DIR"
   exec 8>&-
 }
 
@@ -192,6 +196,8 @@ REGCRED_TEST_POLICY $STATE/policy.json
 REGCRED_TEST_CONTROL http://127.0.0.1:$AWS_PORT/_regcred
 REGCRED_TEST_BIN $GOBIN_DIR
 REGCRED_TEST_VENV $VENV
+REGCRED_TEST_HELM $TOOLS_DIR/helm
+REGCRED_TEST_KUBECTL $TOOLS_DIR/kubectl
 EOF
   } >"$STATE/env.tmp"
   mv "$STATE/env.tmp" "$STATE/env"
