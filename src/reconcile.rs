@@ -33,6 +33,9 @@ pub enum Assignment<'a> {
 pub fn assign<'a>(config: &'a Config, ns: &Namespace, name: &str) -> Assignment<'a> {
     let mut serving = Vec::new();
     let mut terminating = false;
+    let no_labels = BTreeMap::new();
+    let labels = ns.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let ns_name = ns.metadata.name.as_deref().unwrap_or_default();
     for (i, spec) in config
         .secrets
         .iter()
@@ -41,7 +44,9 @@ pub fn assign<'a>(config: &'a Config, ns: &Namespace, name: &str) -> Assignment<
     {
         match spec.namespaces.verdict(ns) {
             Verdict::Selected => serving.push(i),
-            Verdict::Terminating => terminating = true,
+            // Only a namespace the entry would select is skipped for terminating; any other
+            // terminating namespace is simply not selected (not counted, not served).
+            Verdict::Terminating => terminating |= spec.namespaces.matches(ns_name, labels),
             Verdict::NotSelected => {}
         }
     }
@@ -679,6 +684,14 @@ mod tests {
         assert!(
             matches!(assign(&c, &ns("team-b"), "regcred"), Assignment::Conflict(v) if v == [0, 1])
         );
+        // Terminating: skipped where it would be selected, not selected elsewhere.
+        let mut dying = ns("team-a");
+        dying.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        assert!(matches!(assign(&c, &dying, "regcred"), Assignment::Skip));
+        dying.metadata.name = Some("other".into());
+        assert!(matches!(assign(&c, &dying, "regcred"), Assignment::Remove));
     }
 
     #[test]

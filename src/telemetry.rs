@@ -3,8 +3,11 @@
 use std::io::IsTerminal as _;
 
 use clap::{Args, ValueEnum};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -40,6 +43,21 @@ impl Default for LogArgs {
     }
 }
 
+/// Where the AWS SDK prints whole requests and responses at trace level: the
+/// `GetAuthorizationToken` answer (the token itself, base64 `AWS:password`, the very `auth`
+/// value of the secret) and STS credentials. Those events never reach the log, whatever
+/// `--log-level` or `RUST_LOG` ask for; the SDK's other trace events still do.
+const PAYLOAD_DUMPS: &[&str] = &["aws_smithy_runtime::client::orchestrator"];
+
+fn dumps_payloads(target: &str, level: Level) -> bool {
+    level == Level::TRACE
+        && PAYLOAD_DUMPS.iter().any(|t| {
+            target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
 /// Installs the global subscriber.
 ///
 /// # Errors
@@ -51,15 +69,40 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         }
         _ => EnvFilter::try_new(&args.log_level).map_err(|e| format!("--log-level: {e}"))?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_span_events(FmtSpan::NONE);
-    let result = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_ansi(std::io::stderr().is_terminal());
+    let layer = match args.log_format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(filter_fn(|meta: &Metadata<'_>| {
+            !dumps_payloads(meta.target(), *meta.level())
+        })))
+        .try_init();
     // A second init (tests) keeps the first subscriber.
     result.or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_sdks_payload_dumps_are_dropped() {
+        let orchestrator = "aws_smithy_runtime::client::orchestrator";
+        assert!(dumps_payloads(orchestrator, Level::TRACE));
+        assert!(dumps_payloads(
+            "aws_smithy_runtime::client::orchestrator::http",
+            Level::TRACE
+        ));
+        assert!(!dumps_payloads(orchestrator, Level::DEBUG));
+        assert!(!dumps_payloads(
+            "aws_smithy_runtime::client::orchestratorx",
+            Level::TRACE
+        ));
+        assert!(!dumps_payloads("regcred::sync", Level::TRACE));
+    }
 }
