@@ -72,7 +72,7 @@ install_venv() {
 }
 
 install_go() {
-  [ -x "$GOBIN_DIR/kube-apiserver" ] && [ -x "$GOBIN_DIR/etcd" ] && return
+  [ -x "$GOBIN_DIR/kube-apiserver" ] && [ -x "$GOBIN_DIR/etcd" ] && [ -x "$GOBIN_DIR/credprovider-driver" ] && return
   command -v go >/dev/null || die "go is not installed (needed to build kube-apiserver and etcd)"
   # Build into a temp folder and rename it into place: a killed build leaves no half binary.
   local start=$SECONDS
@@ -81,7 +81,8 @@ install_go() {
   chmod 755 "$GO_TMP" # mktemp makes it 0700
   log "building kube-apiserver $K8S_VERSION and etcd into $GOBIN_DIR (first time only; about 7 min on 2 cores)"
   (cd "$TESTENV" && CGO_ENABLED=0 go build -trimpath -ldflags="$LDFLAGS" -o "$GO_TMP/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3) >&2
+    k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3 \
+    ./cmd/credprovider-driver) >&2 # the kubelet's credential-provider plugin code, for tests
   # go names the etcd main package (module root go.etcd.io/etcd/server/v3) "server"
   mv "$GO_TMP/bin/server" "$GO_TMP/bin/etcd"
   rm -rf "$(dirname "$GOBIN_DIR")"

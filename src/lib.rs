@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod serviceaccounts;
 pub mod sync;
 pub mod telemetry;
+pub mod token_cache;
 
 use std::io::Write;
 
