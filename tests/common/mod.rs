@@ -604,3 +604,29 @@ impl Drop for FakeAws {
         self.stop();
     }
 }
+
+/// Acts as an existing ServiceAccount (one a chart created, say), with whatever RBAC it
+/// was given: a fresh token from the TokenRequest API in a kubeconfig.
+pub async fn identity_of(admin: &kube::Client, namespace: &str, name: &str) -> Identity {
+    let token = service_account_token(admin, namespace, name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let s = stack();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n    namespace: {namespace}\n\
+             current-context: sa\n",
+            s.var("REGCRED_TEST_APISERVER"),
+            s.var("REGCRED_TEST_CA"),
+        ),
+    )
+    .unwrap();
+    Identity {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        kubeconfig,
+        _dir: dir,
+    }
+}

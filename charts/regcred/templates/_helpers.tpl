@@ -1,0 +1,252 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "regcred.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped name of every object. */}}
+{{- define "regcred.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "regcred.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "regcred.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "regcred.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "regcred.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: regcred
+{{- end }}
+
+{{- define "regcred.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "regcred.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "regcred.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The managed Secret names, sorted and distinct, as a JSON list (for resourceNames). */}}
+{{- define "regcred.secretNames" -}}
+{{- $names := list }}
+{{- range .Values.config.secrets }}
+{{- $names = append $names (default "regcred" .name) }}
+{{- end }}
+{{- $names | uniq | sortAlpha | toJson }}
+{{- end }}
+
+{{/* "true" when some secret adds itself to ServiceAccounts: only then the chart grants
+     access to serviceaccounts. */}}
+{{- define "regcred.patchesServiceAccounts" -}}
+{{- $patch := false }}
+{{- range .Values.config.secrets }}
+{{- if .serviceAccounts }}
+{{- $patch = true }}
+{{- end }}
+{{- end }}
+{{- $patch }}
+{{- end }}
+
+{{/* Fails the render early on values regcred could never run with. */}}
+{{- define "regcred.validate" -}}
+{{- if not (has .Values.mode (list "controller" "cronjob")) }}
+{{- fail (printf "mode must be controller or cronjob, not %q" .Values.mode) }}
+{{- end }}
+{{- if not .Values.config.secrets }}
+{{- fail "config.secrets must list at least one secret" }}
+{{- end }}
+{{- range $i, $s := .Values.config.secrets }}
+{{- if not $s.registries }}
+{{- fail (printf "config.secrets[%d].registries must list at least one registry" $i) }}
+{{- end }}
+{{- end }}
+{{- $auth := 0 }}
+{{- if .Values.aws.irsaRoleArn }}{{ $auth = add1 $auth }}{{ end }}
+{{- if .Values.aws.webIdentity.roleArn }}{{ $auth = add1 $auth }}{{ end }}
+{{- if .Values.aws.existingSecret.name }}{{ $auth = add1 $auth }}{{ end }}
+{{- if gt $auth 1 }}
+{{- fail "set at most one of aws.irsaRoleArn, aws.webIdentity.roleArn and aws.existingSecret.name" }}
+{{- end }}
+{{- end }}
+
+{{/* The pod spec every mode shares; `args` is regcred's command line. */}}
+{{- define "regcred.podSpec" -}}
+{{- $root := .root }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+serviceAccountName: {{ include "regcred.serviceAccountName" $root }}
+# The API token is mounted below, into the regcred container only, and nowhere else.
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with $root.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+containers:
+  - name: regcred
+    image: {{ include "regcred.image" $root }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    args:
+      {{- toYaml .args | nindent 6 }}
+    env:
+      - name: REGCRED_LOG_LEVEL
+        value: {{ $root.Values.log.level | quote }}
+      - name: REGCRED_LOG_FORMAT
+        value: {{ $root.Values.log.format | quote }}
+      {{- if .controller }}
+      # The Lease's namespace and this replica's identity in it.
+      - name: POD_NAMESPACE
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.namespace
+      - name: POD_NAME
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.name
+      {{- end }}
+      {{- with $root.Values.aws.region }}
+      - name: AWS_REGION
+        value: {{ . | quote }}
+      {{- end }}
+      {{- with $root.Values.aws.webIdentity.roleArn }}
+      - name: AWS_ROLE_ARN
+        value: {{ . | quote }}
+      - name: AWS_WEB_IDENTITY_TOKEN_FILE
+        value: /var/run/secrets/regcred/aws/token
+      {{- end }}
+      {{- with $root.Values.aws.existingSecret }}
+      {{- if .name }}
+      - name: AWS_ACCESS_KEY_ID
+        valueFrom:
+          secretKeyRef:
+            name: {{ .name }}
+            key: {{ .accessKeyIdKey }}
+      - name: AWS_SECRET_ACCESS_KEY
+        valueFrom:
+          secretKeyRef:
+            name: {{ .name }}
+            key: {{ .secretAccessKeyKey }}
+      {{- if .sessionTokenKey }}
+      - name: AWS_SESSION_TOKEN
+        valueFrom:
+          secretKeyRef:
+            name: {{ .name }}
+            key: {{ .sessionTokenKey }}
+      {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $root.Values.extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- with .ports }}
+    ports:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .probes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    resources:
+      {{- toYaml $root.Values.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml $root.Values.securityContext | nindent 6 }}
+    volumeMounts:
+      - name: config
+        mountPath: /etc/regcred
+        readOnly: true
+      - name: kube-api-access
+        mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+        readOnly: true
+      {{- if $root.Values.aws.webIdentity.roleArn }}
+      - name: aws-token
+        mountPath: /var/run/secrets/regcred/aws
+        readOnly: true
+      {{- end }}
+volumes:
+  - name: config
+    configMap:
+      name: {{ include "regcred.fullname" $root }}
+  # What automountServiceAccountToken would mount, short-lived and for this container only.
+  - name: kube-api-access
+    projected:
+      sources:
+        - serviceAccountToken:
+            path: token
+            expirationSeconds: 3600
+        - configMap:
+            name: kube-root-ca.crt
+            items:
+              - key: ca.crt
+                path: ca.crt
+        - downwardAPI:
+            items:
+              - path: namespace
+                fieldRef:
+                  # Spelt out as the API server defaults it: an atomic list that differs
+                  # from the live object makes every `kubectl apply` report "configured".
+                  apiVersion: v1
+                  fieldPath: metadata.namespace
+  {{- with $root.Values.aws.webIdentity }}
+  {{- if .roleArn }}
+  - name: aws-token
+    projected:
+      sources:
+        - serviceAccountToken:
+            path: token
+            audience: {{ .audience }}
+            expirationSeconds: {{ .expirationSeconds }}
+  {{- end }}
+  {{- end }}
+{{- with $root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template metadata: labels, and a checksum so a config change rolls the pods. */}}
+{{- define "regcred.podMetadata" -}}
+labels:
+  {{- include "regcred.selectorLabels" . | nindent 2 }}
+  {{- with .Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+  {{- with .Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
