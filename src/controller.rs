@@ -27,7 +27,6 @@ use crate::ecr::Tokens;
 use crate::events::Events;
 use crate::lease;
 use crate::metrics::Metrics;
-use crate::namespaces::Verdict;
 use crate::reconcile::{self, Context, Freshness, Outcome, TokenView};
 use crate::refresher::{self, Refresher};
 use crate::secrets::Writer;
@@ -206,6 +205,34 @@ async fn leader_gauge(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>)
     }
 }
 
+/// How soon a broken watch is retried: from 250 ms doubling to 4 s, with jitter. Shorter
+/// than kube-runtime's default (up to 30 s) so drift made while the API server was away is
+/// repaired within seconds of its return; one replica retrying every few seconds costs the
+/// API server nothing.
+#[derive(Debug, Default)]
+struct WatchBackoff {
+    attempt: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = Duration::from_millis(250).saturating_mul(1 << self.attempt.min(4));
+        self.attempt = self.attempt.saturating_add(1);
+        Some(
+            base.mul_f64(1.0 + rand::rng().random::<f64>() / 2.0)
+                .min(Duration::from_secs(4)),
+        )
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 /// A stream of a watch channel's values after each change.
 fn changes<T: Clone + Send + Sync + 'static>(
     rx: watch::Receiver<T>,
@@ -245,6 +272,8 @@ struct Ctx {
     first_pass: Mutex<HashSet<String>>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Namespaces served, as of their last reconciliation.
+    selected: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +295,8 @@ async fn controller(parts: ControllerParts) {
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+    .trigger_backoff(WatchBackoff::default());
     let namespaces = controller.store();
 
     let mut secrets = BTreeMap::new();
@@ -275,7 +305,7 @@ async fn controller(parts: ControllerParts) {
         let watch = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let stream =
             reflector::reflector(writer, watcher(Api::<Secret>::all(client.clone()), watch))
-                .default_backoff()
+                .backoff(WatchBackoff::default())
                 .touched_objects();
         controller = controller.watches_stream(stream, namespace_of);
         secrets.insert(name, reader);
@@ -289,7 +319,7 @@ async fn controller(parts: ControllerParts) {
                 watcher::Config::default(),
             ),
         )
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .touched_objects();
         controller = controller.watches_stream(stream, namespace_of);
         Some(reader)
@@ -315,6 +345,7 @@ async fn controller(parts: ControllerParts) {
         service_accounts,
         first_pass: Mutex::default(),
         failures: Mutex::default(),
+        selected: Mutex::default(),
     });
     tokio::spawn(readiness(ctx.clone(), leading));
     tokio::spawn(selected_gauge(ctx.clone(), stop.clone()));
@@ -354,25 +385,23 @@ async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
     }
 }
 
-/// Keeps `regcred_namespaces_selected` current.
+/// Drops deleted namespaces from `regcred_namespaces_selected` (reconciliations add and
+/// remove the others as they go).
 async fn selected_gauge(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     loop {
-        let selected = ctx
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let present: HashSet<String> = ctx
             .namespaces
             .state()
             .iter()
-            .filter(|ns| {
-                ctx.config
-                    .secrets
-                    .iter()
-                    .any(|s| s.namespaces.verdict(ns) == Verdict::Selected)
-            })
-            .count();
-        ctx.metrics.namespaces_selected(selected);
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect();
+        let mut selected = ctx.selected.lock().expect("not poisoned");
+        selected.retain(|name| present.contains(name));
+        ctx.metrics.namespaces_selected(selected.len());
     }
 }
 
@@ -416,6 +445,7 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
     .await;
     ctx.metrics
         .reconcile_duration(started.elapsed().as_secs_f64());
+    ctx.note_selection(&name, report.is_selected());
     if report.secrets.values().any(|o| *o == Outcome::Pending) {
         // The token arrives with a full reconciliation of its own.
         return Ok(Action::await_change());
@@ -481,6 +511,18 @@ impl Ctx {
                 .filter(|sa| sa.metadata.namespace.as_deref() == Some(namespace))
                 .map(|sa| ServiceAccount::clone(&sa))
                 .collect(),
+        }
+    }
+
+    fn note_selection(&self, namespace: &str, selected: bool) {
+        let mut all = self.selected.lock().expect("not poisoned");
+        let changed = if selected {
+            all.insert(namespace.to_owned())
+        } else {
+            all.remove(namespace)
+        };
+        if changed {
+            self.metrics.namespaces_selected(all.len());
         }
     }
 

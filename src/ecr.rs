@@ -23,6 +23,9 @@ use crate::registry::{Endpoint, Role, TokenSource};
 /// valid: short enough to be renewed soon, long enough never to cause a tight loop.
 pub const ASSUMED_LIFETIME: SignedDuration = SignedDuration::from_mins(15);
 
+/// The shortest time between two renewals of one token, however short-lived it is.
+pub const MIN_RENEW_INTERVAL: SignedDuration = SignedDuration::from_secs(1);
+
 /// Why a token could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,16 +97,16 @@ impl Token {
     }
 
     /// When to renew: `before` ahead of expiry, or at half-life when the token lives no
-    /// longer than `before` — never sooner than `floor` after it arrived.
+    /// longer than `before` — never sooner than [`MIN_RENEW_INTERVAL`] after it arrived.
     #[must_use]
-    pub fn renew_at(&self, before: SignedDuration, floor: SignedDuration) -> Timestamp {
+    pub fn renew_at(&self, before: SignedDuration) -> Timestamp {
         let lifetime = self.expires_at.duration_since(self.fetched_at);
         let at = if lifetime > before {
             self.expires_at - before
         } else {
             self.fetched_at + lifetime / 2
         };
-        at.max(self.fetched_at + floor)
+        at.max(self.fetched_at + MIN_RENEW_INTERVAL)
     }
 
     #[must_use]
@@ -316,7 +319,7 @@ mod tests {
         for expiry in [None, Some(at("2015-01-01T00:00:00Z")), Some(now)] {
             let t = Token::from_authorization(&source(), &token, expiry, now).unwrap();
             assert_eq!(t.expires_at, now + ASSUMED_LIFETIME);
-            let renew = t.renew_at(SignedDuration::from_hours(6), SignedDuration::from_secs(5));
+            let renew = t.renew_at(SignedDuration::from_hours(6));
             assert!(
                 renew > now,
                 "a short-lived token is renewed later, not at once"
@@ -336,17 +339,16 @@ mod tests {
             fetched_at: now,
         };
         let h = SignedDuration::from_hours;
-        let floor = SignedDuration::from_secs(5);
-        assert_eq!(token(h(12)).renew_at(h(6), floor), now + h(6));
-        assert_eq!(token(h(12)).renew_at(h(1), floor), now + h(11));
+        assert_eq!(token(h(12)).renew_at(h(6)), now + h(6));
+        assert_eq!(token(h(12)).renew_at(h(1)), now + h(11));
         // Shorter than `before`: half-life instead of "at once, forever".
         let short = SignedDuration::from_secs(20);
         assert_eq!(
-            token(short).renew_at(h(6), floor),
+            token(short).renew_at(h(6)),
             now + SignedDuration::from_secs(10)
         );
         // Never sooner than the floor.
-        let tiny = SignedDuration::from_secs(4);
-        assert_eq!(token(tiny).renew_at(h(6), floor), now + floor);
+        let tiny = SignedDuration::from_millis(400);
+        assert_eq!(token(tiny).renew_at(h(6)), now + MIN_RENEW_INTERVAL);
     }
 }

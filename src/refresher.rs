@@ -134,17 +134,18 @@ impl Refresher {
                     true
                 }
             });
-            // Wake for the next renewal, or when a held token expires (to withdraw it).
-            let wake = state
+            // Wake for the next renewal (one already due wakes at once), or when a held
+            // token expires, to withdraw it (an expiry already past is not waited for).
+            let now = Instant::now();
+            let renewals = state.values().filter_map(|s| s.next);
+            let expiries = state
                 .values()
-                .flat_map(|s| {
-                    s.next
-                        .into_iter()
-                        .chain(s.token.as_ref().map(|t| instant_at(t.expires_at)))
-                })
-                .filter(|at| *at > Instant::now())
+                .filter_map(|s| s.token.as_ref().map(|t| instant_at(t.expires_at)))
+                .filter(|at| *at > now);
+            let wake = renewals
+                .chain(expiries)
                 .min()
-                .unwrap_or_else(|| Instant::now() + self.refresh.retry_min.unsigned_abs());
+                .unwrap_or_else(|| now + self.refresh.retry_min.unsigned_abs());
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 _ = leading.changed() => {}
@@ -157,7 +158,7 @@ impl Refresher {
         let hosts = &self.sources[source];
         match result {
             Ok(token) => {
-                let renew = token.renew_at(self.refresh.before, self.refresh.retry_min);
+                let renew = token.renew_at(self.refresh.before);
                 tracing::info!(source = %source, expires_at = %token.expires_at, renew_at = %renew, "token refreshed");
                 for host in hosts {
                     self.metrics.token_refreshed(host, RefreshResult::Success);

@@ -605,6 +605,219 @@ impl Drop for FakeAws {
     }
 }
 
+/// A `regcred run` process, its admin port, and its stderr log.
+#[derive(Debug)]
+pub struct Running {
+    pub child: std::process::Child,
+    pub admin: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `cmd` (a `regcred(...)` command) as `regcred run` with these extra arguments
+    /// and a free admin port.
+    pub fn start(mut cmd: Command, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("regcred.log");
+        let admin = free_port();
+        let child = cmd
+            .arg("run")
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start regcred run");
+        Self {
+            child,
+            admin,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the admin port: status code and body (`None` when it does not answer).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Some((code, body))
+    }
+
+    /// A sample of `/metrics` (the sum over all label sets of that name), 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((200, text)) = self.get("/metrics") else {
+            return f64::NAN;
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.get("/readyz"), Some((200, _)))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its status and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((status, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            // Keep the whole log where CI (and a person) can read it.
+            let keep = root().join("target/test-logs");
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::write(keep.join(format!("regcred-run-{}.log", self.admin)), &log);
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            #[allow(clippy::print_stderr)] // What a failing test leaves to read.
+            {
+                eprintln!(
+                    "--- regcred run (admin port {}) log tail ---\n{}",
+                    self.admin,
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
+/// A second kube-apiserver on the stack's etcd (same data, like an HA control plane), that
+/// a test may kill and start again without disturbing other tests.
+#[derive(Debug)]
+pub struct PrivateApiserver {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateApiserver {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            log: dir.path().join("apiserver.log"),
+            _dir: dir,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it and waits until `/readyz` answers.
+    pub fn resume(&mut self) {
+        let s = stack();
+        let child = Command::new(s.root.join("testenv/start-apiserver.sh"))
+            .arg(self.port.to_string())
+            .arg("/registry")
+            .arg(s.var("REGCRED_TEST_STATE"))
+            .env("REGCRED_TEST_BIN", s.var("REGCRED_TEST_BIN"))
+            .env("REGCRED_TEST_ETCD", s.var("REGCRED_TEST_ETCD"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .expect("start kube-apiserver");
+        self.child = Some(child);
+        let pki = Path::new(s.var("REGCRED_TEST_STATE")).join("pki");
+        let start = Instant::now();
+        loop {
+            let ok = Command::new("curl")
+                .args(["-sf", "--max-time", "2", "--cacert"])
+                .arg(pki.join("ca.crt"))
+                .arg("--cert")
+                .arg(pki.join("admin.crt"))
+                .arg("--key")
+                .arg(pki.join("admin.key"))
+                .arg(format!("{}/readyz", self.url()))
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_mins(3),
+                "private kube-apiserver not ready; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills it (SIGKILL): clients see connections refused until [`PrivateApiserver::resume`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateApiserver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A copy of a kubeconfig that talks to another server.
+pub fn kubeconfig_for_server(kubeconfig: &Path, server: &str, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let rewritten: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("server:") {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}server: {server}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = dir.join(format!("kubeconfig-{}", unique("srv")));
+    std::fs::write(&path, rewritten).unwrap();
+    path
+}
+
 /// Acts as an existing ServiceAccount (one a chart created, say), with whatever RBAC it
 /// was given: a fresh token from the TokenRequest API in a kubeconfig.
 pub async fn identity_of(admin: &kube::Client, namespace: &str, name: &str) -> Identity {
