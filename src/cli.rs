@@ -24,10 +24,29 @@ pub enum Command {
     /// Print the .dockerconfigjson, or a Secret manifest, for the configured registries.
     Render(crate::render::RenderArgs),
     /// Kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1).
+    ///
+    /// A drop-in for ecr-credential-provider: reads a CredentialProviderRequest on stdin and
+    /// prints a CredentialProviderResponse for the image's ECR or ECR Public registry. List it
+    /// in kubelet's --image-credential-provider-config (see
+    /// deploy/kubelet/credential-provider-config.yaml). AWS credentials come from the default
+    /// chain: the config's env: list, kubelet's environment, instance metadata.
     CredentialProvider(crate::provider::ProviderArgs),
     /// Preflight: configuration, AWS identity, tokens and Kubernetes permissions.
+    ///
+    /// One ✓/✗ row per check, with a hint under each ✗. Kubernetes permissions are asked with
+    /// SelfSubjectAccessReview as the identity regcred runs as. Exit 0 when all pass, 1 when
+    /// any fails, 2 when the configuration is bad.
     Check(crate::check::CheckArgs),
     /// Remove every secret regcred manages, and its ServiceAccount references.
+    ///
+    /// Removes every secret with the label app.kubernetes.io/managed-by=regcred, in every
+    /// namespace, and its entries in ServiceAccounts' imagePullSecrets. Secrets regcred did
+    /// not create, and other imagePullSecrets entries, are left alone.
+    ///
+    /// Run it as a cluster admin (or an identity that may list, get and delete secrets and
+    /// get, list and patch ServiceAccounts in every namespace), not as the chart's
+    /// ServiceAccount: that one may read only secrets of the configured names. Stop the
+    /// controller first, or it writes the secrets again.
     Cleanup(crate::cleanup::CleanupArgs),
 }
 

@@ -29,15 +29,6 @@ const RESPONSE_KIND: &str = "CredentialProviderResponse";
 const MAX_REQUEST: u64 = 1 << 20;
 
 #[derive(Args, Clone, Debug)]
-#[command(
-    long_about = "Kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1), a \
-                  drop-in for ecr-credential-provider.\n\n\
-                  Reads a CredentialProviderRequest on stdin and prints a \
-                  CredentialProviderResponse for the image's ECR or ECR Public registry. \
-                  List it in kubelet's --image-credential-provider-config (see \
-                  deploy/kubelet/credential-provider-config.yaml); AWS credentials come from \
-                  the default chain (the config's env: list, instance metadata, ...)."
-)]
 pub struct ProviderArgs {
     /// Keep tokens in this directory between calls (files 0600), reused until half their
     /// lifetime has passed, so kubelet does not ask ECR on every pull.

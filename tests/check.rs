@@ -1,0 +1,271 @@
+//! `regcred check` against the real stack, run as ServiceAccounts holding exactly the RBAC
+//! a test gives them: the chart's rules pass; take one permission away and exactly that row
+//! fails, with a hint.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use serde_json::{Value, json};
+
+const PRIVATE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+const PATCH_SA: [&str; 2] = ["--service-account", "default"];
+
+/// Runs `regcred check` as `who` for the private registry and ECR Public, with the lease in
+/// `who`'s namespace; `before` sees the access key id its AWS calls are made with.
+fn check(who: &Identity, extra: &[&str], before: impl FnOnce(&str)) -> Output {
+    let (mut cmd, key) = regcred(who);
+    before(&key);
+    cmd.args([
+        "check",
+        "--registry",
+        PRIVATE,
+        "--registry",
+        "public.ecr.aws",
+    ])
+    .args(["--lease-namespace", &who.namespace])
+    .args(extra);
+    cmd.output().expect("run regcred check")
+}
+
+fn json_report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)))
+}
+
+fn failed_names(report: &Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn with_the_charts_rbac_every_check_passes() {
+    let admin = stack().admin().await;
+    let who = chart_identity(&admin, &["regcred"], true).await;
+    let out = check(
+        &who,
+        &[&PATCH_SA[..], &["--output", "json"]].concat(),
+        |_| {},
+    );
+    let report = json_report(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["ok"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // config, identity, two tokens, kubernetes, 24 - 5 permissions.
+    assert_eq!(names.len(), 24, "{names:?}");
+    for expected in [
+        "config",
+        "aws identity",
+        "token ecr us-east-1",
+        "token ecr-public us-east-1",
+        "kubernetes",
+        "can delete secrets/regcred",
+        "can patch serviceaccounts",
+        "can create events.events.k8s.io",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    let lease = format!(
+        "can update leases.coordination.k8s.io/regcred in {}",
+        who.namespace
+    );
+    assert!(names.contains(&lease.as_str()), "{names:?}");
+    let kubernetes = &report["checks"][4];
+    assert_eq!(
+        kubernetes["detail"],
+        format!(
+            "authenticated as system:serviceaccount:{}:{}",
+            who.namespace, who.name
+        )
+    );
+
+    // The same as a table.
+    let out = check(&who, &PATCH_SA, |_| {});
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let table = stdout(&out);
+    assert!(!table.contains('✗'), "{table}");
+    assert_eq!(table.matches('✓').count(), 24, "{table}");
+    assert!(table.ends_with("all 24 checks passed\n"), "{table}");
+}
+
+/// The chart's rules with one verb taken out of the rules that match `resource`.
+fn without(rules: Vec<PolicyRule>, resource: &str, verb: &str) -> Vec<PolicyRule> {
+    rules
+        .into_iter()
+        .map(|mut r| {
+            if r.resources
+                .as_ref()
+                .is_some_and(|rs| rs.iter().any(|x| x == resource))
+            {
+                r.verbs.retain(|v| v != verb);
+            }
+            r
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_missing_permission_shows_exactly_that_failure() {
+    let admin = stack().admin().await;
+    // Without `delete` on the named secret (cluster-wide).
+    let home = unique("check-home");
+    create_namespace(&admin, &home, &[]).await;
+    let who = identity(
+        &admin,
+        &home,
+        without(chart_cluster_rules(&["regcred"], true), "secrets", "delete"),
+        chart_namespace_rules("regcred"),
+    )
+    .await;
+    let out = check(&who, &PATCH_SA, |_| {});
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let table = stdout(&out);
+    let failed: Vec<&str> = table.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failed.len(), 1, "{table}");
+    assert!(
+        failed[0].starts_with("✗ can delete secrets/regcred "),
+        "{table}"
+    );
+    let hint = table
+        .lines()
+        .skip_while(|l| !l.starts_with('✗'))
+        .nth(1)
+        .unwrap();
+    assert!(
+        hint.contains("hint: grant it with a ClusterRole")
+            && hint.contains("verbs: [delete], resourceNames: [regcred]"),
+        "{hint}"
+    );
+    assert!(table.ends_with("1 of 24 checks failed\n"), "{table}");
+
+    // Without `update` on its Lease (in its own namespace).
+    let home = unique("check-home");
+    create_namespace(&admin, &home, &[]).await;
+    let who = identity(
+        &admin,
+        &home,
+        chart_cluster_rules(&["regcred"], true),
+        without(chart_namespace_rules("regcred"), "leases", "update"),
+    )
+    .await;
+    let out = check(
+        &who,
+        &[&PATCH_SA[..], &["--output", "json"]].concat(),
+        |_| {},
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(&out);
+    assert_eq!(report["ok"], false);
+    assert_eq!(
+        failed_names(&report),
+        [format!(
+            "can update leases.coordination.k8s.io/regcred in {home}"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_cronjob_needs_no_lease_and_no_serviceaccounts_without_patching() {
+    let admin = stack().admin().await;
+    let home = unique("check-home");
+    create_namespace(&admin, &home, &[]).await;
+    let who = identity(
+        &admin,
+        &home,
+        chart_cluster_rules(&["regcred"], false),
+        vec![],
+    )
+    .await;
+    let cronjob = check(&who, &["--mode", "cronjob", "--output", "json"], |_| {});
+    let report = json_report(&cronjob);
+    assert_eq!(cronjob.status.code(), Some(0), "{report:#}");
+    let names = report["checks"].as_array().unwrap();
+    assert!(
+        names
+            .iter()
+            .all(|c| !c["name"].as_str().unwrap().contains("leases")
+                && !c["name"].as_str().unwrap().contains("serviceaccounts")),
+        "{report:#}"
+    );
+    let controller = check(&who, &["--output", "json"], |_| {});
+    let failed = failed_names(&json_report(&controller));
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|n| n.contains("leases")), "{failed:?}");
+    assert_eq!(controller.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn aws_failures_show_with_hints() {
+    let admin = stack().admin().await;
+    let who = chart_identity(&admin, &["regcred"], true).await;
+    let out = check(
+        &who,
+        &[&PATCH_SA[..], &["--output", "json"]].concat(),
+        |key| {
+            stack().set_aws_key(key, &json!({"fail": "AccessDeniedException"}));
+        },
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(&out);
+    assert_eq!(
+        failed_names(&report),
+        ["token ecr us-east-1", "token ecr-public us-east-1"]
+    );
+    let checks = report["checks"].as_array().unwrap();
+    let private = checks
+        .iter()
+        .find(|c| c["name"] == "token ecr us-east-1")
+        .unwrap();
+    assert!(
+        private["detail"].as_str().unwrap().contains("AccessDenied"),
+        "{private}"
+    );
+    assert!(
+        private["hint"]
+            .as_str()
+            .unwrap()
+            .contains("ecr:GetAuthorizationToken"),
+        "{private}"
+    );
+    let public = checks
+        .iter()
+        .find(|c| c["name"] == "token ecr-public us-east-1")
+        .unwrap();
+    assert!(
+        public["hint"]
+            .as_str()
+            .unwrap()
+            .contains("sts:GetServiceBearerToken"),
+        "{public}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_exits_2_and_says_why() {
+    let admin = stack().admin().await;
+    let who = chart_identity(&admin, &["regcred"], false).await;
+    let (_dir, path) = config_file("secrets:\n  - registries: [docker.io]\n");
+    let (mut cmd, key) = regcred(&who);
+    let out = cmd.args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let table = stdout(&out);
+    assert!(table.starts_with("✗ config "), "{table}");
+    assert!(table.contains("secrets[0].registries[0]"), "{table}");
+    assert!(table.contains("hint: "), "{table}");
+    assert!(
+        stack().aws_calls(&key).is_empty(),
+        "nothing else was checked"
+    );
+}
