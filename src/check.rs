@@ -313,11 +313,16 @@ async fn kubernetes_checks(needed: Vec<Permission>) -> Vec<Check> {
                     .unwrap_or_else(|| "(unknown)".into())
             ),
         ),
+        Ok(Err(kube::Error::Api(s))) if s.code != 401 => Check::pass(
+            "kubernetes",
+            format!("connected (SelfSubjectReview unavailable: {})", s.message),
+        ),
         Ok(Err(e)) => {
             return vec![Check::fail(
                 "kubernetes",
                 crate::chain(&e),
-                "the API server refused these credentials; check the token or certificate",
+                "the API server is unreachable or refused these credentials; check the server \
+                 address, the CA, and the token or certificate",
             )];
         }
         Err(_) => {

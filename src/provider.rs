@@ -25,6 +25,8 @@ use crate::{Error, Exit};
 pub const API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
 const REQUEST_KIND: &str = "CredentialProviderRequest";
 const RESPONSE_KIND: &str = "CredentialProviderResponse";
+/// A cached token is served when renewal fails only while at least this much is left.
+const STALE_MARGIN: SignedDuration = SignedDuration::from_mins(1);
 /// Kubelet's requests are a few hundred bytes; anything near this is not one.
 const MAX_REQUEST: u64 = 1 << 20;
 
@@ -246,6 +248,7 @@ pub fn go_duration(d: SignedDuration) -> String {
 
 /// A token for the source: from the cache while it is reusable, else from ECR (and then
 /// into the cache). With several calls at once, one fetches and the others read its token.
+/// When ECR fails, a cached token that has not expired yet is still served.
 async fn token_for(source: &TokenSource, cache: Option<&TokenCache>) -> Result<Token, Error> {
     let Some(cache) = cache else {
         return Ok(Tokens::from_env().await.fetch(source).await?);
@@ -265,11 +268,28 @@ async fn token_for(source: &TokenSource, cache: Option<&TokenCache>) -> Result<T
         tracing::debug!(source = %source, "token from the cache, stored by a concurrent call");
         return Ok(token);
     }
-    let token = Tokens::from_env().await.fetch(source).await?;
-    if let Err(e) = cache.store(&key, source, &token) {
-        tracing::warn!(error = %e, "could not cache the token; answering without caching it");
+    match Tokens::from_env().await.fetch(source).await {
+        Ok(token) => {
+            if let Err(e) = cache.store(&key, source, &token) {
+                tracing::warn!(error = %e, "could not cache the token; answering without caching it");
+            }
+            Ok(token)
+        }
+        // ECR down or throttling: a cached token past its half-life still opens the
+        // registry until it expires, which beats failing the pull. Kubelet keeps it for half
+        // of what is left, then asks again.
+        Err(e) => match cache
+            .load(&key, source)
+            .filter(|t| t.expires_at > Timestamp::now() + STALE_MARGIN)
+        {
+            Some(token) => {
+                tracing::warn!(source = %source, expires_at = %token.expires_at, error = %crate::chain(&e),
+                    "could not renew the token; answering with the cached one until it expires");
+                Ok(token)
+            }
+            None => Err(e.into()),
+        },
     }
-    Ok(token)
 }
 
 /// Answers one request from stdin on stdout.

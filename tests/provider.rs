@@ -469,6 +469,53 @@ fn a_corrupt_cache_file_is_ignored_and_replaced() {
     assert_eq!(mode(&file), 0o600);
 }
 
+#[test]
+fn a_failed_renewal_serves_the_cached_token_until_it_expires() {
+    let (env, key) = aws_env();
+    stack().set_aws_key(&key, &json!({"fail": "ThrottlingException"}));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = TokenCache::open(dir.path()).unwrap();
+    let source = TokenSource::of(
+        &Registry::parse("123456789012.dkr.ecr.us-east-1.amazonaws.com").unwrap(),
+        None,
+    );
+    let cache_key = Key::new(&source, env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let now = Timestamp::now();
+    let stale = |left: SignedDuration| Token {
+        credential: Credential {
+            username: "AWS".into(),
+            password: "stale-but-valid".to_owned().into(),
+        },
+        expires_at: now + left,
+        fetched_at: now + left - SignedDuration::from_hours(12),
+    };
+    // Past its half-life (so renewal is due) but two hours left: served.
+    cache
+        .store(&cache_key, &source, &stale(SignedDuration::from_hours(2)))
+        .unwrap();
+    let out = call(provider(&env, Some(dir.path())), &fixture("private.json"));
+    let v = response(&out);
+    assert_eq!(
+        v["auth"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"],
+        "stale-but-valid"
+    );
+    let secs = go_seconds(&v["cacheDuration"]);
+    assert!(
+        (3500..=3600).contains(&secs),
+        "half of the 2 h left: {secs}"
+    );
+    assert!(stderr(&out).contains("could not renew"), "{}", stderr(&out));
+    assert!(stack().token_calls(&key) >= 1, "renewal was tried first");
+    // Expired: nothing to fall back on.
+    cache
+        .store(&cache_key, &source, &stale(SignedDuration::from_secs(-60)))
+        .unwrap();
+    let out = call(provider(&env, Some(dir.path())), &fixture("private.json"));
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("Throttling"), "{}", stderr(&out));
+}
+
 // ------------------------------------------------------------------ kubelet's own code
 
 /// The driver built from the kubelet's plugin package (scripts/testenv.sh builds it with
