@@ -43,9 +43,13 @@ cat "$DEMO/regcred.yaml"
 step "regcred sync: one pass, one token call per registry source"
 run "$BIN" sync --config "$DEMO/regcred.yaml"
 
+COLUMNS_SPEC='NAMESPACE:.metadata.namespace,NAME:.metadata.name,TYPE:.type,EXPIRES:.metadata.annotations.regcred\.io/expires-at'
+show_secrets() { # the demo namespaces' pull secrets (the stack may hold tests' too)
+  kubectl get secrets -A -l app.kubernetes.io/managed-by=regcred -o custom-columns="$COLUMNS_SPEC" \
+    | awk 'NR == 1 || $1 ~ /^demo-/'
+}
 step "The pull secrets regcred manages"
-run kubectl get secrets -A -l app.kubernetes.io/managed-by=regcred \
-  -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,TYPE:.type,EXPIRES:.metadata.annotations.regcred\.io/expires-at'
+show_secrets
 run kubectl -n demo-a get serviceaccount default -o jsonpath='{.imagePullSecrets}'; echo
 
 step "skopeo pulls $REGCRED_TEST_IMAGE with the exact .dockerconfigjson regcred wrote"
@@ -59,5 +63,27 @@ rm -f "$DEMO/auth.json"
 
 step "A second sync writes nothing: every secret is sound and not yet due"
 run "$BIN" sync --config "$DEMO/regcred.yaml"
+
+step "regcred run: the controller keeps them valid, and serves namespaces as they appear"
+"$BIN" run --config "$DEMO/regcred.yaml" --admin-addr 127.0.0.1:18080 --lease-namespace default \
+  2> "$DEMO/run.log" &
+RUN_PID=$!
+trap 'kill $RUN_PID 2>/dev/null || true' EXIT
+until curl -sf 127.0.0.1:18080/readyz >/dev/null; do sleep 0.2; done
+echo "ready: $(curl -s 127.0.0.1:18080/readyz)"
+NEW=demo-live-$(date +%s)
+start=$(date +%s%N)
+run kubectl create namespace "$NEW"
+until kubectl -n "$NEW" get secret regcred >/dev/null 2>&1; do sleep 0.05; done
+echo "secret in $NEW after $(( ($(date +%s%N) - start) / 1000000 )) ms (measured from outside, kubectl included)"
+run kubectl -n demo-c delete secret regcred
+until kubectl -n demo-c get secret regcred >/dev/null 2>&1; do sleep 0.05; done
+echo "deleted secret in demo-c is back"
+show_secrets
+step "Its metrics"
+curl -s 127.0.0.1:18080/metrics | grep -E '^regcred_(leader|namespaces_selected|secret_writes_total|token_refreshes_total)'
+kill -TERM $RUN_PID; wait $RUN_PID || true
+trap - EXIT
+kubectl delete namespace "$NEW" --wait=false >/dev/null
 
 step "Done. The stack keeps running; stop it with: scripts/testenv.sh down"

@@ -108,6 +108,9 @@ impl ServiceAccounts {
     }
 }
 
+/// How long ECR's `GetAuthorizationToken` tokens live.
+pub const ECR_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(12);
+
 /// Timing of token renewal and of retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refresh {
@@ -616,6 +619,15 @@ impl File {
             retry_min: self.refresh.retry_min.map_or(defaults.retry_min, |d| d.0),
             retry_max: self.refresh.retry_max.map_or(defaults.retry_max, |d| d.0),
         };
+        if refresh.before >= ECR_TOKEN_LIFETIME {
+            return Err((
+                "refresh.before".into(),
+                format!(
+                    "{} is not shorter than the {} an ECR token lives: every token would be due at once",
+                    refresh.before, ECR_TOKEN_LIFETIME
+                ),
+            ));
+        }
         if refresh.retry_min > refresh.retry_max {
             return Err((
                 "refresh.retryMin".into(),
@@ -769,6 +781,11 @@ refresh:
                 "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: -5s}\n",
                 "refresh.retryMin",
                 "positive",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: 12h}\n",
+                "refresh.before",
+                "not shorter than",
             ),
             (
                 "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n",

@@ -268,8 +268,11 @@ struct Ctx {
     namespaces: Store<Namespace>,
     secrets: BTreeMap<String, Store<Secret>>,
     service_accounts: Option<Store<ServiceAccount>>,
-    /// Namespaces reconciled since this replica became leader (until the first full pass).
-    first_pass: Mutex<HashSet<String>>,
+    /// Namespaces reconciled since this replica became leader. The first reconciliation of
+    /// each leaves a sound, fresh secret alone even if it holds an older token (a previous
+    /// leader's, or sync's), so a restart or failover is not a write to every namespace;
+    /// later ones want exactly the current token, which repairs any edit.
+    reconciled: Mutex<HashSet<String>>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Namespaces served, as of their last reconciliation.
@@ -343,7 +346,7 @@ async fn controller(parts: ControllerParts) {
         namespaces: namespaces.clone(),
         secrets,
         service_accounts,
-        first_pass: Mutex::default(),
+        reconciled: Mutex::default(),
         failures: Mutex::default(),
         selected: Mutex::default(),
     });
@@ -377,7 +380,7 @@ async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
     let _ = ctx.namespaces.wait_until_ready().await;
     loop {
         let lead = *leading.borrow_and_update();
-        ctx.first_pass.lock().expect("not poisoned").clear();
+        ctx.reconciled.lock().expect("not poisoned").clear();
         ctx.health.reconciled.store(!lead, Ordering::Relaxed);
         if leading.changed().await.is_err() {
             return;
@@ -426,6 +429,11 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
         .collect();
     let service_accounts = ctx.service_accounts_in(&name);
     let view = ctx.tokens.borrow().clone();
+    let freshness = if ctx.reconciled.lock().expect("not poisoned").contains(&name) {
+        Freshness::Exact
+    } else {
+        Freshness::SoundAndFresh
+    };
     let started = Instant::now();
     let report = reconcile::namespace(
         &Context {
@@ -433,7 +441,7 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
             writer: &ctx.writer,
             config: &ctx.config,
             tokens: &view,
-            freshness: Freshness::Exact,
+            freshness,
             dry_run: false,
             metrics: Some(&ctx.metrics),
             events: Some(&ctx.events),
@@ -461,10 +469,39 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
         .collect();
     if failures.is_empty() {
         ctx.failures.lock().expect("not poisoned").remove(&name);
-        Ok(Action::await_change())
+        // A secret left with an older token is looked at again when that token is due.
+        Ok(recheck_after(
+            &report.expiries,
+            ctx.config.refresh.before,
+            jiff::Timestamp::now(),
+        )
+        .map_or_else(Action::await_change, Action::requeue))
     } else {
         Err(Failed(failures.join("; ")))
     }
+}
+
+/// When to look at a namespace again so none of its secrets passes its renewal point
+/// unnoticed: `before` ahead of the earliest expiry, or half-way there for a token that
+/// lives less than `before`; at least a second from now.
+fn recheck_after(
+    expiries: &[jiff::Timestamp],
+    before: jiff::SignedDuration,
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    let earliest = expiries.iter().min()?;
+    let left = earliest.duration_since(now);
+    let wait = if left > before {
+        left - before
+    } else {
+        left / 2
+    };
+    let wait = if wait.is_positive() {
+        wait.unsigned_abs()
+    } else {
+        Duration::ZERO
+    };
+    Some(wait.max(Duration::from_secs(1)))
 }
 
 #[allow(clippy::needless_pass_by_value)] // The error-policy signature kube-runtime asks for.
@@ -528,11 +565,11 @@ impl Ctx {
 
     /// Notes a namespace as reconciled; readiness follows once every namespace has been.
     fn mark_reconciled(&self, namespace: &str) {
+        let mut done = self.reconciled.lock().expect("not poisoned");
+        done.insert(namespace.to_owned());
         if self.health.reconciled.load(Ordering::Relaxed) {
             return;
         }
-        let mut done = self.first_pass.lock().expect("not poisoned");
-        done.insert(namespace.to_owned());
         let all = self.namespaces.state();
         if done.len() >= all.len()
             && all
@@ -542,5 +579,32 @@ impl Ctx {
             tracing::info!(namespaces = all.len(), "first full reconciliation done");
             self.health.reconciled.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::{SignedDuration, Timestamp};
+
+    #[test]
+    fn namespaces_are_looked_at_again_before_their_tokens_are_due() {
+        let now: Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
+        let h = SignedDuration::from_hours;
+        assert_eq!(recheck_after(&[], h(6), now), None);
+        assert_eq!(
+            recheck_after(&[now + h(12), now + h(8)], h(6), now),
+            Some(Duration::from_secs(2 * 3600))
+        );
+        // Shorter than `before`: half-way to expiry.
+        assert_eq!(
+            recheck_after(&[now + SignedDuration::from_secs(20)], h(6), now),
+            Some(Duration::from_secs(10))
+        );
+        // Already past: soon, but never at once.
+        assert_eq!(
+            recheck_after(&[now - h(1)], h(6), now),
+            Some(Duration::from_secs(1))
+        );
     }
 }

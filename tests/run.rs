@@ -496,3 +496,58 @@ async fn sigterm_stops_it_cleanly_and_releases_the_lease() {
     );
     let _ = Api::<Namespace>::all(s.admin.clone());
 }
+
+#[tokio::test]
+async fn a_restart_rewrites_nothing_still_fresh_but_repairs_what_changed() {
+    let s = setup("", false).await;
+    let names: Vec<String> = (0..5).map(|i| s.ns(&format!("keep{i}"))).collect();
+    for ns in &names {
+        create_namespace(&s.admin, ns, &[]).await;
+    }
+    let (mut first, _) = s.start(&[]);
+    wait_ready(&first).await;
+    for ns in &names {
+        wait_for("a secret", Duration::from_secs(10), || s.secret_in(ns)).await;
+    }
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(5)).expect("stopped");
+    let mut before = Vec::new();
+    for ns in &names {
+        before.push(s.secret_in(ns).await.unwrap().metadata.resource_version);
+    }
+    // A broken secret is repaired even on the first pass of the new process.
+    Api::<Secret>::namespaced(s.admin.clone(), &names[0])
+        .patch(
+            &s.secret,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {".dockerconfigjson": "eyJhdXRocyI6e319"}})),
+        )
+        .await
+        .unwrap();
+
+    let (second, _) = s.start(&[]);
+    wait_ready(&second).await;
+    wait_for(
+        "the broken secret repaired",
+        Duration::from_secs(10),
+        || async {
+            let doc = dockerconfig(&s.secret_in(&names[0]).await?);
+            doc["auths"]["public.ecr.aws"].is_object().then_some(())
+        },
+    )
+    .await;
+    for (ns, rv) in names.iter().zip(&before).skip(1) {
+        assert_eq!(
+            &s.secret_in(ns).await.unwrap().metadata.resource_version,
+            rv,
+            "{ns} was rewritten"
+        );
+    }
+    assert!(
+        is(
+            second.metric("regcred_secret_writes_total{result=\"updated\"}"),
+            1.0
+        ),
+        "only the broken one"
+    );
+}
