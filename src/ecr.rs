@@ -73,6 +73,8 @@ impl Token {
         if username.is_empty() || password.is_empty() {
             return Err(bad());
         }
+        crate::telemetry::never_log(password);
+        crate::telemetry::never_log(encoded.trim());
         let expires_at = match expires_at {
             Some(t) if t > now => t,
             other => {

@@ -1,6 +1,8 @@
 //! Logging: to stderr always (stdout carries results), as text or JSON.
 
-use std::io::IsTerminal as _;
+use std::collections::VecDeque;
+use std::io::{IsTerminal as _, Write};
+use std::sync::RwLock;
 
 use clap::{Args, ValueEnum};
 use tracing::{Level, Metadata};
@@ -58,6 +60,62 @@ fn dumps_payloads(target: &str, level: Level) -> bool {
         })
 }
 
+/// Secrets regcred holds (token passwords and `auth` values): whatever writes a log line,
+/// regcred or a dependency, these never reach stderr. The newest [`NEVER_LOG_KEEP`] are kept.
+static NEVER_LOG: RwLock<VecDeque<String>> = RwLock::new(VecDeque::new());
+const NEVER_LOG_KEEP: usize = 64;
+const REDACTED: &str = "[redacted]";
+
+/// Registers a secret that must never be logged. Short strings are ignored (they would
+/// redact ordinary words; real tokens are hundreds of characters).
+pub fn never_log(secret: &str) {
+    if secret.len() < 8 {
+        return;
+    }
+    let mut all = NEVER_LOG
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if all.iter().any(|s| s == secret) {
+        return;
+    }
+    if all.len() == NEVER_LOG_KEEP {
+        all.pop_front();
+    }
+    all.push_back(secret.to_owned());
+}
+
+/// A log line with every registered secret replaced.
+fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let all = NEVER_LOG
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = std::borrow::Cow::Borrowed(line);
+    for secret in all.iter() {
+        if out.contains(secret.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
+        }
+    }
+    out
+}
+
+/// Stderr, through [`redact`]. The formatter hands over each event in one write, so a
+/// secret is never split between two calls.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr()
+            .lock()
+            .write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Installs the global subscriber.
 ///
 /// # Errors
@@ -70,7 +128,7 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         _ => EnvFilter::try_new(&args.log_level).map_err(|e| format!("--log-level: {e}"))?,
     };
     let layer = fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingStderr)
         .with_ansi(std::io::stderr().is_terminal());
     let layer = match args.log_format {
         LogFormat::Text => layer.boxed(),
@@ -89,6 +147,20 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_secrets_are_redacted_from_any_line() {
+        never_log("short");
+        never_log("s3cr3t-password-value");
+        assert_eq!(
+            redact("short and s3cr3t-password-value!"),
+            "short and [redacted]!"
+        );
+        assert!(matches!(
+            redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn only_the_sdks_payload_dumps_are_dropped() {
