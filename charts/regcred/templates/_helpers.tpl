@@ -112,6 +112,9 @@ containers:
     args:
       {{- toYaml .args | nindent 6 }}
     env:
+      # Also for `kubectl exec ... -- regcred check` and friends.
+      - name: REGCRED_CONFIG
+        value: /etc/regcred/config.yaml
       - name: REGCRED_LOG_LEVEL
         value: {{ $root.Values.log.level | quote }}
       - name: REGCRED_LOG_FORMAT
@@ -126,6 +129,8 @@ containers:
         valueFrom:
           fieldRef:
             fieldPath: metadata.name
+      - name: REGCRED_LEASE_NAME
+        value: {{ $root.Values.leaderElection.leaseName | quote }}
       {{- end }}
       {{- with $root.Values.aws.region }}
       - name: AWS_REGION
