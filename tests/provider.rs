@@ -246,7 +246,7 @@ fn the_captured_kubelet_requests_are_served() {
     ];
     for (file, host, password) in cases {
         let mut cmd = provider(&env, None);
-        cmd.args(["--log-level", "debug"]);
+        cmd.args(["--log-level", "trace"]);
         let out = call(cmd, &fixture(file));
         let v = response(&out);
         assert_eq!(
