@@ -594,7 +594,7 @@ mod tests {
         assert_eq!(recheck_after(&[], h(6), now), None);
         assert_eq!(
             recheck_after(&[now + h(12), now + h(8)], h(6), now),
-            Some(Duration::from_secs(2 * 3600))
+            Some(Duration::from_hours(2))
         );
         // Shorter than `before`: half-way to expiry.
         assert_eq!(

@@ -242,10 +242,15 @@ impl Tokens {
             Endpoint::Private {
                 fips, dual_stack, ..
             } => {
+                // An endpoint given by the operator (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_ECR or
+                // a profile's endpoint_url) decides where calls go; the SDK refuses to combine
+                // it with the FIPS or dual-stack flags, so the host's flavour yields to it.
+                let custom = self.base.endpoint_url().is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL_ECR").is_some();
                 let mut conf = aws_sdk_ecr::config::Builder::from(&self.base)
                     .region(region)
-                    .use_fips(*fips)
-                    .use_dual_stack(*dual_stack);
+                    .use_fips(*fips && !custom)
+                    .use_dual_stack(*dual_stack && !custom);
                 if let Some(creds) = credentials {
                     conf = conf.credentials_provider(creds);
                 }

@@ -187,11 +187,14 @@ impl TokenCache {
             tracing::warn!(path = %path.display(), "cached token file does not fit this source; ignoring and replacing it");
             return None;
         }
+        let credential = Credential {
+            username: stored.username,
+            password: stored.password.into(),
+        };
+        crate::telemetry::never_log(credential.password.expose_secret());
+        crate::telemetry::never_log(credential.auth().expose_secret());
         Some(Token {
-            credential: Credential {
-                username: stored.username,
-                password: stored.password.into(),
-            },
+            credential,
             expires_at: stored.expires_at,
             fetched_at: stored.fetched_at,
         })
