@@ -48,22 +48,8 @@ pub struct CheckArgs {
     /// How regcred will run: controller (`regcred run`) or cronjob (`regcred sync`).
     #[arg(long, env = "REGCRED_MODE", value_enum, default_value_t = Mode::Controller)]
     pub mode: Mode,
-    /// Namespace of the leader-election Lease (regcred's own namespace in a pod).
-    #[arg(
-        long,
-        env = "POD_NAMESPACE",
-        default_value = "default",
-        value_name = "NAMESPACE"
-    )]
-    pub lease_namespace: String,
-    /// Name of the leader-election Lease.
-    #[arg(
-        long,
-        env = "REGCRED_LEASE_NAME",
-        default_value = "regcred",
-        value_name = "NAME"
-    )]
-    pub lease_name: String,
+    #[command(flatten)]
+    pub lease: crate::lease::LeaseArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -459,7 +445,12 @@ pub async fn run(args: &CheckArgs) -> Result<Exit, Error> {
             return Ok(Exit::Usage);
         }
     };
-    let needed = required_permissions(&config, args.mode, &args.lease_namespace, &args.lease_name);
+    let needed = required_permissions(
+        &config,
+        args.mode,
+        &args.lease.lease_namespace,
+        &args.lease.lease_name,
+    );
     let (aws, kube) = tokio::join!(aws_checks(&config), kubernetes_checks(needed));
     let mut checks = vec![Check::pass("config", config_detail(&config))];
     checks.extend(aws);

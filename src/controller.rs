@@ -44,22 +44,8 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     pub admin_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (regcred's own namespace in a pod).
-    #[arg(
-        long,
-        env = "POD_NAMESPACE",
-        default_value = "default",
-        value_name = "NAMESPACE"
-    )]
-    pub lease_namespace: String,
-    /// Name of the leader-election Lease.
-    #[arg(
-        long,
-        env = "REGCRED_LEASE_NAME",
-        default_value = "regcred",
-        value_name = "NAME"
-    )]
-    pub lease_name: String,
+    #[command(flatten)]
+    pub lease: lease::LeaseArgs,
     /// How long the Lease stays held without renewal: a failed leader is replaced within
     /// about this time.
     #[arg(long, env = "REGCRED_LEASE_DURATION", default_value = "15s", value_name = "DURATION", value_parser = parse_duration)]
@@ -103,7 +89,7 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
         identity,
-        lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+        lease = %format!("{}/{}", args.lease.lease_namespace, args.lease.lease_name),
         admin = %args.admin_addr,
         secrets = ?config.secret_names(),
         "starting the controller"
@@ -124,7 +110,10 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     ));
     let election = tokio::spawn({
         let (client, leading_tx, stop) = (client.clone(), leading_tx, stop.clone());
-        let (namespace, name) = (args.lease_namespace.clone(), args.lease_name.clone());
+        let (namespace, name) = (
+            args.lease.lease_namespace.clone(),
+            args.lease.lease_name.clone(),
+        );
         let timing = lease::Timing::new(args.lease_duration);
         async move {
             lease::run(

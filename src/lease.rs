@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Args;
+
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -14,6 +16,27 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 
 use crate::secrets::API_TIMEOUT;
+
+/// Where the Lease lives: regcred's own namespace, and its name.
+#[derive(Args, Clone, Debug)]
+pub struct LeaseArgs {
+    /// Namespace of the leader-election Lease (regcred's own namespace in a pod).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "REGCRED_LEASE_NAME",
+        default_value = "regcred",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+}
 
 /// Timing of the election.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -290,12 +290,14 @@ pub async fn namespace(
                     outcome,
                     Outcome::Created | Outcome::Updated | Outcome::Unchanged
                 ) {
-                    if let Err(e) = link_service_accounts(
+                    if let Err(e) = change_service_accounts(
                         ctx,
                         &spec.service_accounts,
                         &secret_name,
                         service_accounts,
                         &mut report,
+                        serviceaccounts::with_secret,
+                        "add",
                     )
                     .await
                     {
@@ -453,8 +455,17 @@ async fn remove(
         return Outcome::Absent;
     };
     let rule = service_account_rule(ctx.config, secret_name);
-    if let Err(e) = unlink_service_accounts(ctx, &rule, secret_name, service_accounts, report).await
-    {
+    let unlinked = change_service_accounts(
+        ctx,
+        &rule,
+        secret_name,
+        service_accounts,
+        report,
+        serviceaccounts::without_secret,
+        "remove",
+    )
+    .await;
+    if let Err(e) = unlinked {
         return Outcome::Failed(e);
     }
     if ctx.dry_run {
@@ -496,44 +507,6 @@ fn service_account_rule(config: &Config, secret_name: &str) -> ServiceAccounts {
     } else {
         ServiceAccounts::Named(names)
     }
-}
-
-async fn link_service_accounts(
-    ctx: &Context<'_>,
-    rule: &ServiceAccounts,
-    secret_name: &str,
-    service_accounts: &[ServiceAccount],
-    report: &mut Report,
-) -> Result<(), String> {
-    change_service_accounts(
-        ctx,
-        rule,
-        secret_name,
-        service_accounts,
-        report,
-        serviceaccounts::with_secret,
-        "add",
-    )
-    .await
-}
-
-async fn unlink_service_accounts(
-    ctx: &Context<'_>,
-    rule: &ServiceAccounts,
-    secret_name: &str,
-    service_accounts: &[ServiceAccount],
-    report: &mut Report,
-) -> Result<(), String> {
-    change_service_accounts(
-        ctx,
-        rule,
-        secret_name,
-        service_accounts,
-        report,
-        serviceaccounts::without_secret,
-        "remove",
-    )
-    .await
 }
 
 async fn change_service_accounts(

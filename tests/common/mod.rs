@@ -346,27 +346,7 @@ pub async fn identity(
             .await
             .expect("create rolebinding");
     }
-    let token = service_account_token(admin, namespace, &name).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let s = stack();
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n    namespace: {namespace}\n\
-             current-context: sa\n",
-            s.var("REGCRED_TEST_APISERVER"),
-            s.var("REGCRED_TEST_CA"),
-        ),
-    )
-    .unwrap();
-    Identity {
-        namespace: namespace.to_owned(),
-        name,
-        kubeconfig,
-        _dir: dir,
-    }
+    identity_of(admin, namespace, &name).await
 }
 
 /// A ServiceAccount token from the TokenRequest API.
@@ -842,4 +822,253 @@ pub async fn identity_of(admin: &kube::Client, namespace: &str, name: &str) -> I
         kubeconfig,
         _dir: dir,
     }
+}
+
+/// Waits until a kube-apiserver on `url` answers `/readyz` to the admin certificate.
+fn wait_apiserver_ready(url: &str, log: &Path, timeout: Duration) {
+    let s = stack();
+    let pki = Path::new(s.var("REGCRED_TEST_STATE")).join("pki");
+    let start = Instant::now();
+    loop {
+        let ok = Command::new("curl")
+            .args(["-sf", "--max-time", "2", "--cacert"])
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .arg(format!("{url}/readyz"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "kube-apiserver on {url} not ready after {timeout:?}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A cluster of its own: a private etcd (data in a temp dir) and a kube-apiserver on it,
+/// trusting the stack's CA and admin certificate. A fresh, empty cluster: it can be filled
+/// with thousands of namespaces without making the shared stack's lists longer, its etcd
+/// and API server can be stopped and started again, and everything it held goes when it
+/// is dropped.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    pub etcd_port: u16,
+    etcd_peer_port: u16,
+    pub port: u16,
+    apiserver_flags: Vec<String>,
+    etcd: Option<std::process::Child>,
+    apiserver: Option<std::process::Child>,
+    admin_kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts etcd, then the API server with these extra flags, and waits until it is ready.
+    pub fn start(apiserver_flags: &[String]) -> Self {
+        let s = stack();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_kubeconfig = dir.path().join("admin.kubeconfig");
+        let text = std::fs::read_to_string(s.var("KUBECONFIG")).expect("admin kubeconfig");
+        let server = format!("https://127.0.0.1:{port}");
+        let rewritten: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("server:") {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    format!("{indent}server: {server}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&admin_kubeconfig, rewritten).unwrap();
+        let mut cluster = Self {
+            etcd_port: free_port(),
+            etcd_peer_port: free_port(),
+            port,
+            apiserver_flags: apiserver_flags.to_vec(),
+            etcd: None,
+            apiserver: None,
+            admin_kubeconfig,
+            dir,
+        };
+        cluster.resume_etcd();
+        cluster.resume_apiserver();
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A folder that lives as long as the cluster (logs are written there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An admin (system:masters) kubeconfig for this cluster.
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    pub async fn admin(&self) -> kube::Client {
+        client_from(&self.admin_kubeconfig).await
+    }
+
+    /// Points an identity (made on this cluster, e.g. by [`chart_identity`]) at this
+    /// cluster's API server: its kubeconfig is rewritten in place.
+    pub fn point_at_me(&self, who: &Identity) {
+        let text = std::fs::read_to_string(&who.kubeconfig).unwrap();
+        let rewritten = text.replace(stack().var("REGCRED_TEST_APISERVER"), &self.url());
+        std::fs::write(&who.kubeconfig, rewritten).unwrap();
+    }
+
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(std::process::Child::id)
+    }
+
+    /// (Re)starts etcd on the same ports and data, and waits until it answers `/health`.
+    pub fn resume_etcd(&mut self) {
+        let s = stack();
+        let log = self.dir.path().join("etcd.log");
+        let child = Command::new(s.root.join("testenv/start-etcd.sh"))
+            .arg(self.etcd_port.to_string())
+            .arg(self.etcd_peer_port.to_string())
+            .arg(self.dir.path().join("etcd"))
+            .env("REGCRED_TEST_BIN", s.var("REGCRED_TEST_BIN"))
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start etcd");
+        self.etcd = Some(child);
+        let start = Instant::now();
+        loop {
+            let healthy = Command::new("curl")
+                .args(["-sf", "--max-time", "2"])
+                .arg(format!("http://127.0.0.1:{}/health", self.etcd_port))
+                .output()
+                .is_ok_and(|o| o.status.success() && stdout(&o).contains("true"));
+            if healthy {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_mins(1),
+                "private etcd not healthy; see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills etcd (SIGKILL); its data stays for [`PrivateCluster::resume_etcd`].
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut child) = self.etcd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the API server and waits until `/readyz` answers.
+    pub fn resume_apiserver(&mut self) {
+        let s = stack();
+        let log = self.dir.path().join("apiserver.log");
+        let child = Command::new(s.root.join("testenv/start-apiserver.sh"))
+            .arg(self.port.to_string())
+            .arg("/registry")
+            .arg(s.var("REGCRED_TEST_STATE"))
+            .args(&self.apiserver_flags)
+            .env("REGCRED_TEST_BIN", s.var("REGCRED_TEST_BIN"))
+            .env(
+                "REGCRED_TEST_ETCD",
+                format!("http://127.0.0.1:{}", self.etcd_port),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start kube-apiserver");
+        self.apiserver = Some(child);
+        wait_apiserver_ready(&self.url(), &log, Duration::from_mins(3));
+    }
+
+    /// Kills the API server (SIGKILL).
+    pub fn kill_apiserver(&mut self) {
+        if let Some(mut child) = self.apiserver.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The API server's `/metrics` text, read with the admin certificate.
+    pub fn apiserver_metrics(&self) -> String {
+        let pki = Path::new(stack().var("REGCRED_TEST_STATE")).join("pki");
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "30", "--cacert"])
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .arg(format!("{}/metrics", self.url()))
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "GET /metrics: {}", stderr(&out));
+        stdout(&out)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.kill_apiserver();
+        self.stop_etcd();
+    }
+}
+
+/// The sum of a Prometheus counter over the series whose labels pass `keep` (the text
+/// between the braces, e.g. `code="201",...,verb="POST"`).
+pub fn metric_sum(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| {
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            keep(labels).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Creates these namespaces with these labels, `concurrency` requests at a time.
+pub async fn create_namespaces_at_once(
+    client: &kube::Client,
+    names: &[String],
+    labels: &[(&str, &str)],
+    concurrency: usize,
+) {
+    use futures::StreamExt as _;
+    futures::stream::iter(names)
+        .for_each_concurrent(concurrency, |name| async move {
+            create_namespace(client, name, labels).await;
+        })
+        .await;
 }
