@@ -283,41 +283,47 @@ async fn controller(parts: ControllerParts) {
         stop,
         concurrency,
     } = parts;
-    let mut controller = Controller::new(
+    // Every watch feeds its store first and triggers only from what the store holds: a
+    // (re)list is not trusted object by object (kube-runtime's buffered relist swaps the store
+    // only at its end, so a trigger for an object new in the list would find nothing and be
+    // dropped, and an object deleted while the watch was down sends no event at all); instead
+    // the end of every list reconciles every namespace.
+    let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
+    let (namespaces, writer) = reflector::store();
+    let namespace_triggers = reflected(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
+        writer,
+        relisted.clone(),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-    .trigger_backoff(WatchBackoff::default());
-    let namespaces = controller.store();
+    .filter(|event| std::future::ready(matches!(event, Change::Applied(_))))
+    .map(|event| Ok(event.into_object()));
+    let mut controller = Controller::for_stream(namespace_triggers, namespaces.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
 
     let mut secrets = BTreeMap::new();
     for name in config.secret_names() {
         let (reader, writer) = reflector::store();
         let watch = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream =
-            reflector::reflector(writer, watcher(Api::<Secret>::all(client.clone()), watch))
-                .backoff(WatchBackoff::default())
-                .touched_objects();
-        controller = controller.watches_stream(stream, namespace_of);
+        let changes = reflected(
+            Api::<Secret>::all(client.clone()),
+            watch,
+            writer,
+            relisted.clone(),
+        );
+        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
         secrets.insert(name, reader);
     }
     let service_accounts = if config.patches_service_accounts() {
         let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<ServiceAccount>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .backoff(WatchBackoff::default())
-        .touched_objects();
-        controller = controller.watches_stream(stream, namespace_of);
+        let api = Api::<ServiceAccount>::all(client.clone());
+        let changes = reflected(api, watcher::Config::default(), writer, relisted.clone());
+        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
         Some(reader)
     } else {
         None
     };
+    drop(relisted);
 
     let became_leader = changes(leading.clone())
         .filter(|l| std::future::ready(*l))
@@ -346,6 +352,7 @@ async fn controller(parts: ControllerParts) {
     controller
         .reconcile_all_on(tokens_changed)
         .reconcile_all_on(became_leader)
+        .reconcile_all_on(relists)
         .graceful_shutdown_on(async move {
             let _ = stop_ctl.wait_for(|s| *s).await;
         })
@@ -356,6 +363,60 @@ async fn controller(parts: ControllerParts) {
             }
         })
         .await;
+}
+
+/// An object a watch saw change, after its store took the change in.
+enum Change<K> {
+    Applied(K),
+    Deleted(K),
+}
+
+impl<K> Change<K> {
+    fn into_object(self) -> K {
+        match self {
+            Self::Applied(k) | Self::Deleted(k) => k,
+        }
+    }
+}
+
+/// A watch reflected into `writer`'s store: single changes as they come, and a signal on
+/// `relisted` whenever a full list has been taken in. Errors are retried with
+/// [`WatchBackoff`] and logged, never passed on (one broken watch must not pause the
+/// others' triggers).
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    relisted: futures::channel::mpsc::UnboundedSender<()>,
+) -> impl Stream<Item = Change<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .reflect(writer)
+        .filter_map(move |event| {
+            let change = match event {
+                Ok(watcher::Event::Apply(k)) => Some(Change::Applied(k)),
+                Ok(watcher::Event::Delete(k)) => Some(Change::Deleted(k)),
+                Ok(watcher::Event::InitDone) => {
+                    let _ = relisted.unbounded_send(());
+                    None
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying");
+                    None
+                }
+            };
+            std::future::ready(change)
+        })
 }
 
 #[allow(clippy::needless_pass_by_value)] // The mapper signature kube-runtime asks for.
@@ -443,6 +504,7 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
     ctx.metrics
         .reconcile_duration(started.elapsed().as_secs_f64());
     ctx.note_selection(&name, report.is_selected());
+    tracing::debug!(namespace = name, outcomes = ?report.secrets, ?freshness, "reconciled");
     if report.secrets.values().any(|o| *o == Outcome::Pending) {
         // The token arrives with a full reconciliation of its own.
         return Ok(Action::await_change());

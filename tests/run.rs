@@ -368,7 +368,8 @@ async fn an_apiserver_restart_is_survived_and_drift_made_meanwhile_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kubeconfig_for_server(&s.who.kubeconfig, &apiserver.url(), dir.path());
     let (mut cmd, _key) = regcred(&s.who);
-    cmd.env("KUBECONFIG", &kubeconfig);
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,kube_runtime=debug,regcred=debug");
     let config = s.config.to_str().unwrap().to_owned();
     let mut run = Running::start(
         cmd,
