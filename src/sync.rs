@@ -170,12 +170,8 @@ impl Summary {
     pub fn failed(&self) -> bool {
         self.reports
             .iter()
-            .filter(|r| r.is_selected())
-            .any(|r| tally(r) == Tally::Failed)
-            || self
-                .reports
-                .iter()
-                .any(|r| r.secrets.values().any(Outcome::is_failure))
+            .flat_map(|r| r.secrets.values())
+            .any(|o| o.is_failure() || *o == Outcome::Pending)
     }
 
     /// The summary line, the removals, then one line per failure (or per planned write).
