@@ -424,10 +424,28 @@ fn namespace_of<K: kube::Resource>(obj: K) -> Option<ObjectRef<Namespace>> {
     obj.meta().namespace.as_deref().map(ObjectRef::new)
 }
 
+/// Waits until a store holds its first full list (or its writer is gone).
+///
+/// Not `Store::wait_until_ready` alone: in kube-runtime 5 it wakes only the last of several
+/// concurrent waiters (its `DelayedInit` polls one oneshot receiver, which keeps one waker),
+/// so with reconciliations waiting at once all but one hung for ever: their namespaces were
+/// never served, readiness never came, and SIGTERM never finished. Looking again every 50 ms
+/// cannot miss the moment.
+async fn until_ready<K>(store: &Store<K>)
+where
+    K: reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
 /// Readiness for what this replica is: a standby is ready once its caches are filled; a
 /// leader once it has reconciled every namespace since it took over.
 async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
-    let _ = ctx.namespaces.wait_until_ready().await;
+    until_ready(&ctx.namespaces).await;
     loop {
         let lead = *leading.borrow_and_update();
         ctx.reconciled.lock().expect("not poisoned").clear();
@@ -463,10 +481,10 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
         return Ok(Action::await_change());
     }
     for store in ctx.secrets.values() {
-        let _ = store.wait_until_ready().await;
+        until_ready(store).await;
     }
     if let Some(store) = &ctx.service_accounts {
-        let _ = store.wait_until_ready().await;
+        until_ready(store).await;
     }
     let name = ns.metadata.name.clone().unwrap_or_default();
     let stored: BTreeMap<String, Secret> = ctx
