@@ -446,13 +446,16 @@ where
 /// leader once it has reconciled every namespace since it took over.
 async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
     until_ready(&ctx.namespaces).await;
-    loop {
+    // A replica that already leads has reconciled only as leader so far: keep what it did
+    // (clearing it here could forget a whole small first pass that finished meanwhile, and
+    // readiness would never come). Only later changes of leadership start over.
+    if !*leading.borrow_and_update() {
+        ctx.health.reconciled.store(true, Ordering::Relaxed);
+    }
+    while leading.changed().await.is_ok() {
         let lead = *leading.borrow_and_update();
         ctx.reconciled.lock().expect("not poisoned").clear();
         ctx.health.reconciled.store(!lead, Ordering::Relaxed);
-        if leading.changed().await.is_err() {
-            return;
-        }
     }
 }
 
