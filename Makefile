@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := scripts/testenv.sh
 
-.PHONY: build release test unit integration lint fmt demo up down install bench clean-testenv
+.PHONY: build release test test-faults unit integration lint fmt demo up down install bench clean-testenv
 
 build:
 	$(CARGO) build
@@ -44,3 +44,14 @@ fmt:
 
 demo: install
 	scripts/demo.sh
+
+# The fault suite alone (it also runs in `make test`): AWS, API server, etcd and leader
+# failures, floods, malformed secrets, conflicting edits. Leaves the stack running.
+test-faults: install
+	$(CARGO) test --locked --test faults
+
+# regcred against the usual delete-and-create cron script (bench/baseline-cron.sh), on the
+# real stack in a private cluster; prints a table and writes target/bench/results.md.
+NAMESPACES ?= 1000
+bench: install
+	NAMESPACES=$(NAMESPACES) $(CARGO) bench --locked --bench bench

@@ -1,0 +1,263 @@
+//! The results table (Markdown), with the machine and date it was measured on.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::tools::{Percentiles, PollStats, ProcStats, Requests};
+
+#[derive(Debug, Default)]
+pub struct Rotation {
+    pub wall: Duration,
+    pub token_calls: u64,
+    pub requests: Requests,
+}
+
+/// The baseline as measured over `measured_over` namespaces.
+#[derive(Debug, Default)]
+pub struct Baseline {
+    pub measured_over: usize,
+    pub wall: Duration,
+    pub token_calls: u64,
+    pub requests: Requests,
+}
+
+#[derive(Debug)]
+pub struct Idle {
+    pub window: Duration,
+    pub apiserver_secret_writes: f64,
+    pub apiserver_all_writes: f64,
+    pub regcred_writes: f64,
+}
+
+#[derive(Debug)]
+pub struct Memory {
+    pub namespaces: usize,
+    pub first_pass: Duration,
+    pub stats: ProcStats,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub calls: usize,
+    pub warm: Percentiles,
+    pub warm_token_calls: u64,
+    pub uncached: Percentiles,
+    pub uncached_token_calls: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Results {
+    pub machine: BTreeMap<&'static str, String>,
+    pub n: usize,
+    pub rotation: Rotation,
+    pub baseline: Baseline,
+    pub regcred_gap: PollStats,
+    pub baseline_gap: PollStats,
+    pub new_namespace: Option<Percentiles>,
+    pub drift: Option<Percentiles>,
+    pub idle: Option<Idle>,
+    pub memory_n: Option<Memory>,
+    pub memory_5n: Option<Memory>,
+    pub provider: Option<Provider>,
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 100.0 {
+        format!("{s:.0} s")
+    } else if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.0} ms", s * 1000.0)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let m = kib as f64 / 1024.0;
+    format!("{m:.1} MiB")
+}
+
+fn lat(p: &Percentiles) -> String {
+    format!("p50 {} · p99 {} · max {}", ms(p.p50), ms(p.p99), ms(p.max))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+impl Results {
+    /// The baseline scaled to N namespaces, and whether that is an extrapolation.
+    fn baseline_at_n(&self) -> (f64, f64, Requests, bool) {
+        #[allow(clippy::cast_precision_loss)]
+        let factor = self.n as f64 / self.baseline.measured_over as f64;
+        let b = &self.baseline;
+        #[allow(clippy::cast_precision_loss)]
+        (
+            b.wall.as_secs_f64() * factor,
+            b.token_calls as f64 * factor,
+            b.requests.scaled(factor),
+            self.baseline.measured_over < self.n,
+        )
+    }
+
+    #[allow(clippy::too_many_lines)] // One table, row by row.
+    pub fn render(&self) -> String {
+        let m = &self.machine;
+        let n = self.n;
+        let mut out = String::new();
+        let _ = writeln!(out, "## regcred benchmark: N = {n} namespaces\n");
+        let _ = writeln!(
+            out,
+            "Measured {} on {} CPUs ({}), {} RAM, {}; commit {}; load average before the run {}.",
+            m["date"], m["cpus"], m["cpu"], m["memory"], m["kernel"], m["commit"], m["load"]
+        );
+        let _ = writeln!(
+            out,
+            "Real stack: a private etcd and kube-apiserver v1.36.3 (RBAC, audit log), moto behind `testenv/fake_aws.py`; \
+             regcred release build acting as a ServiceAccount with the chart's RBAC; baseline = `bench/baseline-cron.sh` \
+             (AWS CLI v1 + kubectl, serial). Reproduce: `make bench NAMESPACES={n}`.\n"
+        );
+        let (b_wall, b_calls, b_requests, extrapolated) = self.baseline_at_n();
+        let mark = if extrapolated {
+            format!(
+                " *(extrapolated ×{:.0} from {} namespaces measured: {}, {} token calls, {} requests)*",
+                self.n as f64 / self.baseline.measured_over as f64,
+                self.baseline.measured_over,
+                secs(self.baseline.wall),
+                self.baseline.token_calls,
+                self.baseline.requests.total()
+            )
+        } else {
+            String::new()
+        };
+        let ratio = b_wall / self.rotation.wall.as_secs_f64();
+        let _ = writeln!(
+            out,
+            "| # | measurement | regcred | baseline cron script | target |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| 1 | rotation of {n} namespaces: wall time | **{}** | {}{mark} | ≥ 100× faster: **{ratio:.0}×** ({}) |",
+            secs(self.rotation.wall),
+            secs(Duration::from_secs_f64(b_wall)),
+            met(ratio >= 100.0),
+        );
+        let _ = writeln!(
+            out,
+            "| 1 | token calls (counted by the fake AWS, per access key) | **{}** | {b_calls:.0}{} | 1: {} |",
+            self.rotation.token_calls,
+            if extrapolated {
+                " *(extrapolated)*"
+            } else {
+                ""
+            },
+            met(self.rotation.token_calls == 1),
+        );
+        let _ = writeln!(
+            out,
+            "| 1 | API requests (audit log, by user) | {} | {}{} | |",
+            self.rotation.requests.describe(),
+            b_requests.describe(),
+            if extrapolated {
+                " *(extrapolated)*"
+            } else {
+                ""
+            },
+        );
+        let gap = |g: &PollStats| {
+            format!(
+                "{} missing, {} unusable of {} samples",
+                g.missing, g.unusable, g.samples
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| 2 | rotation gap: one secret read every 10 ms during the rotation | **{}** | {} (measured) | 0 missing: {} |",
+            gap(&self.regcred_gap),
+            gap(&self.baseline_gap),
+            met(self.regcred_gap.missing + self.regcred_gap.unusable == 0),
+        );
+        if let Some(p) = &self.new_namespace {
+            let _ = writeln!(
+                out,
+                "| 3 | new namespace → secret (`run`; {} namespaces, 10/s) | {} | at the next run (hours) | p99 < 0.5 s: {} |",
+                p.count,
+                lat(p),
+                met(p.p99 < Duration::from_millis(500)),
+            );
+        }
+        if let Some(p) = &self.drift {
+            let _ = writeln!(
+                out,
+                "| 4 | drift repair: deleted secret → back (`run`; {} deletions) | {} | at the next run (hours) | |",
+                p.count,
+                lat(p),
+            );
+        }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                out,
+                "| 5 | idle writes (`run`, {n} namespaces, {:?}, nothing changing) | **{:.0}** secret writes at the API server (`apiserver_request_total{{resource=\"secrets\",verb=~\"POST\\|PUT\\|PATCH\\|APPLY\\|DELETE\"}}` delta); {:.0} by `regcred_secret_writes_total{{result=~\"created\\|updated\"}}`; all writes incl. Lease renewals: {:.0} | none (it does not run) | 0: {} |",
+                i.window,
+                i.apiserver_secret_writes,
+                i.regcred_writes,
+                i.apiserver_all_writes,
+                met(i.apiserver_secret_writes < 0.5 && i.regcred_writes < 0.5),
+            );
+        }
+        for mem in [&self.memory_n, &self.memory_5n].into_iter().flatten() {
+            let target = if mem.namespaces == n {
+                format!("≤ 25 MiB: {}", met(mem.stats.peak_rss_kib <= 25 * 1024))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "| 6 | `run` at {} namespaces, after the first full reconciliation ({}) and a steady period: peak RSS (VmHWM) · RSS = anonymous + file-backed (its code) · CPU user+sys | **{}** · {} = {} + {} · {:.2} s | | {target} |",
+                mem.namespaces,
+                secs(mem.first_pass),
+                mib(mem.stats.peak_rss_kib),
+                mib(mem.stats.rss_kib),
+                mib(mem.stats.anon_kib),
+                mib(mem.stats.file_kib),
+                mem.stats.cpu.as_secs_f64(),
+            );
+        }
+        if let (Some(a), Some(b)) = (&self.memory_n, &self.memory_5n) {
+            #[allow(clippy::cast_precision_loss)]
+            let per_1000 = |from: u64, to: u64| {
+                (to as f64 - from as f64) / ((b.namespaces - a.namespaces) as f64 / 1000.0) / 1024.0
+            };
+            let _ = writeln!(
+                out,
+                "| 6 | growth from {} to {} namespaces | peak RSS +{:.2} MiB, anonymous +{:.2} MiB per 1000 namespaces | | |",
+                a.namespaces,
+                b.namespaces,
+                per_1000(a.stats.peak_rss_kib, b.stats.peak_rss_kib),
+                per_1000(a.stats.anon_kib, b.stats.anon_kib),
+            );
+        }
+        if let Some(p) = &self.provider {
+            let _ = writeln!(
+                out,
+                "| 7 | credential-provider, time per call (process start to exit; {} calls) | warm `--cache-dir`: **{}** median (p99 {}), {} token calls · no cache: {} median (p99 {}), {} token calls | | ≤ 20 ms cached: {} |",
+                p.calls,
+                ms(p.warm.p50),
+                ms(p.warm.p99),
+                p.warm_token_calls,
+                ms(p.uncached.p50),
+                ms(p.uncached.p99),
+                p.uncached_token_calls,
+                met(p.warm.p50 <= Duration::from_millis(20)),
+            );
+        }
+        out
+    }
+}
