@@ -239,7 +239,8 @@ async fn measure_rotation(b: &Bench) -> (Rotation, tools::PollStats) {
         stdout(&out).trim()
     ));
     let poller = Poller::start(b.admin.clone(), &b.names[0], SECRET, &b.host);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let earlier = audit_requests(&b.audit_log, &Bench::username(&b.who));
     let (out, took, key) = tokio::task::block_in_place(|| b.sync(None));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gap = poller.stop().await;
@@ -256,7 +257,7 @@ async fn measure_rotation(b: &Bench) -> (Rotation, tools::PollStats) {
     let rotation = Rotation {
         wall: took,
         token_calls: stack().token_calls(&key),
-        requests: audit_requests(&b.audit_log, &Bench::username(&b.who)),
+        requests: audit_requests(&b.audit_log, &Bench::username(&b.who)).since(&earlier),
     };
     (rotation, gap)
 }
@@ -365,17 +366,20 @@ async fn measure_run(b: &Bench, idle: Duration, steady: Duration, results: &mut 
     };
     let before = b.cluster.apiserver_metrics();
     let own_before = own(&run);
+    let audit_before = audit_requests(&b.audit_log, &Bench::username(&b.who));
     b.say(&format!("idle for {idle:?}: nothing changes"));
     let idle_start = Instant::now();
     tokio::time::sleep(steady.min(idle)).await;
     let at_n = proc_stats(run.child.id());
     tokio::time::sleep(idle.saturating_sub(idle_start.elapsed())).await;
     let after = b.cluster.apiserver_metrics();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     results.idle = Some(report::Idle {
         window: idle,
         apiserver_secret_writes: writes(&after) - writes(&before),
         apiserver_all_writes: all_writes(&after) - all_writes(&before),
         regcred_writes: own(&run) - own_before,
+        audit: audit_requests(&b.audit_log, &Bench::username(&b.who)).since(&audit_before),
     });
     results.memory_n = Some(Memory {
         namespaces: b.n,

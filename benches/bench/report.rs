@@ -28,6 +28,8 @@ pub struct Idle {
     pub apiserver_secret_writes: f64,
     pub apiserver_all_writes: f64,
     pub regcred_writes: f64,
+    /// Everything regcred's identity asked of the API server meanwhile.
+    pub audit: Requests,
 }
 
 #[derive(Debug)]
@@ -204,11 +206,12 @@ impl Results {
         if let Some(i) = &self.idle {
             let _ = writeln!(
                 out,
-                "| 5 | idle writes (`run`, {n} namespaces, {:?}, nothing changing) | **{:.0}** secret writes at the API server (`apiserver_request_total{{resource=\"secrets\",verb=~\"POST\\|PUT\\|PATCH\\|APPLY\\|DELETE\"}}` delta); {:.0} by `regcred_secret_writes_total{{result=~\"created\\|updated\"}}`; all writes incl. Lease renewals: {:.0} | none (it does not run) | 0: {} |",
+                "| 5 | idle writes (`run`, {n} namespaces, {:?}, nothing changing) | **{:.0}** secret writes at the API server (`apiserver_request_total{{resource=\"secrets\",verb=~\"POST\\|PUT\\|PATCH\\|APPLY\\|DELETE\"}}` delta; all resources and users, the API server's own included: {:.0}); {:.0} by `regcred_secret_writes_total{{result=~\"created\\|updated\"}}`; regcred's requests in the audit log: {} | none (it does not run) | 0: {} |",
                 i.window,
                 i.apiserver_secret_writes,
-                i.regcred_writes,
                 i.apiserver_all_writes,
+                i.regcred_writes,
+                i.audit.describe(),
                 met(i.apiserver_secret_writes < 0.5 && i.regcred_writes < 0.5),
             );
         }

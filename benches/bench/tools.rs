@@ -210,25 +210,37 @@ fn clock_ticks() -> u64 {
 }
 
 /// Requests one user made, as the API server's audit log recorded them (one
-/// `ResponseComplete` event per request).
+/// `ResponseComplete` event per request), by verb and resource.
 #[derive(Clone, Debug, Default)]
 pub struct Requests {
-    pub by_verb: BTreeMap<String, u64>,
+    pub by_kind: BTreeMap<String, u64>,
 }
 
 impl Requests {
     pub fn total(&self) -> u64 {
-        self.by_verb.values().sum()
+        self.by_kind.values().sum()
     }
 
-    /// `1002 (2 list, 1000 patch)`.
+    /// `1005 (5 list, 1000 patch secrets)`.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
-            .by_verb
+            .by_kind
             .iter()
-            .map(|(verb, n)| format!("{n} {verb}"))
+            .map(|(kind, n)| format!("{n} {kind}"))
             .collect();
         format!("{} ({})", self.total(), parts.join(", "))
+    }
+
+    /// What was made since `earlier`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            by_kind: self
+                .by_kind
+                .iter()
+                .map(|(k, n)| (k.clone(), n - earlier.by_kind.get(k).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
     }
 
     /// Scaled by `factor` (an extrapolation).
@@ -239,10 +251,10 @@ impl Requests {
             clippy::cast_precision_loss
         )]
         Self {
-            by_verb: self
-                .by_verb
+            by_kind: self
+                .by_kind
                 .iter()
-                .map(|(v, n)| (v.clone(), (*n as f64 * factor).round() as u64))
+                .map(|(k, n)| (k.clone(), (*n as f64 * factor).round() as u64))
                 .collect(),
         }
     }
@@ -256,8 +268,14 @@ pub fn audit_requests(log: &Path, username: &str) -> Requests {
             continue;
         };
         if event["stage"] == "ResponseComplete" && event["user"]["username"] == username {
-            let verb = event["verb"].as_str().unwrap_or("?").to_owned();
-            *requests.by_verb.entry(verb).or_default() += 1;
+            let verb = event["verb"].as_str().unwrap_or("?");
+            let what = event["objectRef"]["resource"]
+                .as_str()
+                .unwrap_or("(discovery)");
+            *requests
+                .by_kind
+                .entry(format!("{verb} {what}"))
+                .or_default() += 1;
         }
     }
     requests

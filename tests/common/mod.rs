@@ -776,6 +776,14 @@ impl PrivateApiserver {
 impl Drop for PrivateApiserver {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let keep = root().join("target/test-logs");
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                &self.log,
+                keep.join(format!("kube-apiserver-{}.log", self.port)),
+            );
+        }
     }
 }
 
