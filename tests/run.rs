@@ -376,6 +376,45 @@ async fn sigterm_stops_it_cleanly_and_releases_the_lease() {
 }
 
 #[tokio::test]
+async fn a_second_signal_aborts_a_shutdown_stuck_on_a_hung_api_server() {
+    let s = setup("", false).await;
+    create_namespace(&s.admin, &s.ns("hung"), &[]).await;
+    let apiserver = PrivateApiserver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_for_server(&s.who.kubeconfig, &apiserver.url(), dir.path());
+    let (mut cmd, _) = regcred(&s.who);
+    cmd.env("KUBECONFIG", &kubeconfig);
+    let config = s.config.to_str().unwrap();
+    let mut run = Running::start(
+        cmd,
+        &["--config", config, "--lease-namespace", &s.who.namespace],
+    );
+    wait_ready(&run).await;
+    wait_for("the lead", Duration::from_secs(10), || async {
+        (run.metric("regcred_leader") > 0.5).then_some(())
+    })
+    .await;
+    // Leading, so a graceful stop releases the Lease: against a frozen API server that
+    // call hangs, and the first signal alone would wait out its 4 s bound.
+    apiserver.freeze();
+    run.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        run.wait_exit(Duration::ZERO).is_none(),
+        "still stopping gracefully: {}",
+        run.log_text()
+    );
+    run.signal("TERM");
+    let (status, took) = run
+        .wait_exit(Duration::from_secs(2))
+        .expect("the second signal ends it at once");
+    eprintln!("exit after the second SIGTERM: {took:?}");
+    assert_eq!(status.code(), Some(1), "an abort is not a clean exit");
+    assert!(run.log_text().contains("second signal: aborting"));
+    apiserver.thaw();
+}
+
+#[tokio::test]
 async fn a_restart_rewrites_nothing_still_fresh_but_repairs_what_changed() {
     let s = setup("", false).await;
     let names: Vec<String> = (0..5).map(|i| s.ns(&format!("keep{i}"))).collect();

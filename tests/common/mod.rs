@@ -764,6 +764,25 @@ impl PrivateApiserver {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections are accepted by the kernel but never answered,
+    /// like a hung control plane, until [`PrivateApiserver::thaw`].
+    pub fn freeze(&self) {
+        self.send("STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.send("CONT");
+    }
+
+    fn send(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the API server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Kills it (SIGKILL): clients see connections refused until [`PrivateApiserver::resume`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
