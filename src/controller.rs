@@ -450,9 +450,15 @@ where
     {}
 }
 
-/// Readiness for what this replica is: a standby is ready once its caches are filled; a
-/// leader once it has reconciled every namespace since it took over.
+/// Readiness for what this replica is, once the election has answered: a standby is ready
+/// once its caches are filled; a leader once it has reconciled every namespace since it
+/// took over.
 async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
+    // Every replica looks like a standby until the election first answers; one that is
+    // about to lead must not report ready before it has reconciled anything.
+    if leading.changed().await.is_err() {
+        return;
+    }
     until_ready(&ctx.namespaces).await;
     // A replica that already leads has reconciled only as leader so far: keep what it did
     // (clearing it here could forget a whole small first pass that finished meanwhile, and

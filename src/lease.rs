@@ -108,8 +108,9 @@ pub fn decide(
     }
 }
 
-/// Runs the election until `shutdown` fires, publishing whether this replica leads. On
-/// shutdown the Lease is released, so another replica takes over at once.
+/// Runs the election until `shutdown` fires, publishing whether this replica leads (the
+/// first outcome always, later ones when they change). On shutdown the Lease is released,
+/// so another replica takes over at once.
 pub async fn run(
     client: kube::Client,
     namespace: &str,
@@ -122,6 +123,7 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let mut seen: Seen = None;
     let mut last_renewal = Instant::now();
+    let mut first = true;
     loop {
         let outcome =
             tokio::time::timeout(API_TIMEOUT, step(&api, name, me, timing, &mut seen)).await;
@@ -149,7 +151,12 @@ pub async fn run(
                 "leadership changed"
             );
             let _ = leading.send(now_leading);
+        } else if first {
+            // Announced even when it stays `false`: until the first answer nobody knows
+            // whether this replica is a standby (readiness waits for it).
+            let _ = leading.send(now_leading);
         }
+        first = false;
         tokio::select! {
             () = tokio::time::sleep(timing.retry) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
