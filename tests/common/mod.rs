@@ -388,13 +388,21 @@ pub async fn chart_identity(
 /// The regcred binary, with the stack's AWS environment, acting as `who`, and counting its
 /// AWS calls under its own access key id (returned).
 pub fn regcred(who: &Identity) -> (Command, String) {
+    let (mut cmd, key) = regcred_without_cluster();
+    cmd.env("KUBECONFIG", &who.kubeconfig);
+    (cmd, key)
+}
+
+/// The regcred binary with the stack's AWS environment and no way to reach a cluster: its
+/// kubeconfig does not exist.
+pub fn regcred_without_cluster() -> (Command, String) {
     let s = stack();
     let key = unique("AKIATEST").replace('-', "").to_uppercase();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcred"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("KUBECONFIG", &who.kubeconfig)
+        .env("KUBECONFIG", "/nonexistent/regcred-test-kubeconfig")
         .env("AWS_ENDPOINT_URL", s.var("AWS_ENDPOINT_URL"))
         .env(
             "AWS_ENDPOINT_URL_ECR_PUBLIC",
