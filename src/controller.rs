@@ -257,8 +257,8 @@ struct Ctx {
     namespaces: Store<Namespace>,
     secrets: BTreeMap<String, Store<Secret>>,
     service_accounts: Option<Store<ServiceAccount>>,
-    /// Namespaces reconciled since this replica became leader. The first reconciliation of
-    /// each leaves a sound, fresh secret alone even if it holds an older token (a previous
+    /// Namespaces reconciled, with every token at hand, since this replica became leader.
+    /// The first reconciliation of each leaves a sound, fresh secret alone even if it holds an older token (a previous
     /// leader's, or sync's), so a restart or failover is not a write to every namespace;
     /// later ones want exactly the current token, which repairs any edit.
     reconciled: Mutex<HashSet<String>>,
@@ -544,7 +544,12 @@ async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action
         // The token arrives with a full reconciliation of its own.
         return Ok(Action::await_change());
     }
-    ctx.mark_reconciled(&name);
+    // A pass made before every token was at hand left fresh secrets alone for want of a
+    // token; only one made with them counts as the first, so the pass their arrival
+    // triggers still leaves fresh secrets alone instead of rewriting every namespace.
+    if ctx.has_every_token(&view) {
+        ctx.mark_reconciled(&name);
+    }
     let failures: Vec<String> = report
         .secrets
         .values()
@@ -650,6 +655,13 @@ impl Ctx {
     }
 
     /// Notes a namespace as reconciled; readiness follows once every namespace has been.
+    fn has_every_token(&self, view: &TokenView) -> bool {
+        self.config
+            .token_sources()
+            .iter()
+            .all(|source| view.tokens.contains_key(source))
+    }
+
     fn mark_reconciled(&self, namespace: &str) {
         let mut done = self.reconciled.lock().expect("not poisoned");
         done.insert(namespace.to_owned());
