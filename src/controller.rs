@@ -258,9 +258,10 @@ struct Ctx {
     secrets: BTreeMap<String, Store<Secret>>,
     service_accounts: Option<Store<ServiceAccount>>,
     /// Namespaces reconciled, with every token at hand, since this replica became leader.
-    /// The first reconciliation of each leaves a sound, fresh secret alone even if it holds an older token (a previous
-    /// leader's, or sync's), so a restart or failover is not a write to every namespace;
-    /// later ones want exactly the current token, which repairs any edit.
+    /// The first reconciliation of each leaves a sound, fresh secret alone even if it holds
+    /// an older token (a previous leader's, or sync's), so a restart or failover is not a
+    /// write to every namespace; later ones want exactly the current token, which repairs
+    /// any edit.
     reconciled: Mutex<HashSet<String>>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -654,7 +655,7 @@ impl Ctx {
         }
     }
 
-    /// Notes a namespace as reconciled; readiness follows once every namespace has been.
+    /// Whether `view` holds a token for every configured source.
     fn has_every_token(&self, view: &TokenView) -> bool {
         self.config
             .token_sources()
@@ -662,6 +663,7 @@ impl Ctx {
             .all(|source| view.tokens.contains_key(source))
     }
 
+    /// Notes a namespace as reconciled; readiness follows once every namespace has been.
     fn mark_reconciled(&self, namespace: &str) {
         let mut done = self.reconciled.lock().expect("not poisoned");
         done.insert(namespace.to_owned());
