@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -739,15 +738,7 @@ async fn malformed_secrets_are_repaired_if_regcreds_and_reported_if_not() {
     w.wait_served(&managed, Duration::from_secs(30)).await;
     w.assert_nothing_lost(&managed).await;
     for (ns, created) in &foreign {
-        let events = Api::<Event>::namespaced(w.admin.clone(), ns);
-        wait_for("a ForeignSecret event", Duration::from_secs(30), || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("ForeignSecret"))
-                .then_some(())
-        })
-        .await;
+        wait_for_event(&w.admin, ns, "ForeignSecret", Duration::from_secs(30)).await;
         let now = w.secret_in(ns).await.expect("still there");
         assert_eq!(
             now.metadata.resource_version, created.metadata.resource_version,

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// A controller's world: a unique secret name and namespace prefix, and an identity with
@@ -235,15 +234,7 @@ async fn foreign_secrets_are_reported_with_an_event_and_left_alone() {
         .unwrap();
     let (run, _key) = s.start(&[]);
     wait_ready(&run).await;
-    let events = Api::<Event>::namespaced(s.admin.clone(), &ns);
-    wait_for("a ForeignSecret event", Duration::from_secs(20), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("ForeignSecret"))
-            .then_some(())
-    })
-    .await;
+    wait_for_event(&s.admin, &ns, "ForeignSecret", Duration::from_secs(20)).await;
     assert!(run.metric("regcred_secret_writes_total{result=\"foreign\"}") >= 1.0);
     let after = s.secret_in(&ns).await.unwrap();
     assert_eq!(

@@ -816,7 +816,15 @@ impl Drop for PrivateApiserver {
 
 /// A copy of a kubeconfig that talks to another server.
 pub fn kubeconfig_for_server(kubeconfig: &Path, server: &str, dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let path = dir.join(format!("kubeconfig-{}", unique("srv")));
+    write_kubeconfig_for_server(kubeconfig, server, &path);
+    path
+}
+
+/// Writes to `to` the kubeconfig at `from` with every `server:` set to `server`.
+fn write_kubeconfig_for_server(from: &Path, server: &str, to: &Path) {
+    let text = std::fs::read_to_string(from)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", from.display()));
     let rewritten: String = text
         .lines()
         .map(|l| {
@@ -828,9 +836,25 @@ pub fn kubeconfig_for_server(kubeconfig: &Path, server: &str, dir: &Path) -> Pat
             }
         })
         .collect();
-    let path = dir.join(format!("kubeconfig-{}", unique("srv")));
-    std::fs::write(&path, rewritten).unwrap();
-    path
+    std::fs::write(to, rewritten).unwrap();
+}
+
+/// Waits until an Event with this reason is recorded in `namespace`.
+pub async fn wait_for_event(
+    admin: &kube::Client,
+    namespace: &str,
+    reason: &str,
+    timeout: Duration,
+) {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), namespace);
+    wait_for(&format!("a {reason} event"), timeout, || async {
+        let list = events.list(&kube::api::ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason))
+            .then_some(())
+    })
+    .await;
 }
 
 /// Acts as an existing ServiceAccount (one a chart created, say), with whatever RBAC it
@@ -911,20 +935,11 @@ impl PrivateCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_kubeconfig = dir.path().join("admin.kubeconfig");
-        let text = std::fs::read_to_string(s.var("KUBECONFIG")).expect("admin kubeconfig");
-        let server = format!("https://127.0.0.1:{port}");
-        let rewritten: String = text
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with("server:") {
-                    let indent = &l[..l.len() - l.trim_start().len()];
-                    format!("{indent}server: {server}\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(&admin_kubeconfig, rewritten).unwrap();
+        write_kubeconfig_for_server(
+            Path::new(s.var("KUBECONFIG")),
+            &format!("https://127.0.0.1:{port}"),
+            &admin_kubeconfig,
+        );
         let mut cluster = Self {
             etcd_port: free_port(),
             etcd_peer_port: free_port(),
