@@ -747,29 +747,7 @@ impl PrivateApiserver {
             .spawn()
             .expect("start kube-apiserver");
         self.child = Some(child);
-        let pki = Path::new(s.var("REGCRED_TEST_STATE")).join("pki");
-        let start = Instant::now();
-        loop {
-            let ok = Command::new("curl")
-                .args(["-sf", "--max-time", "2", "--cacert"])
-                .arg(pki.join("ca.crt"))
-                .arg("--cert")
-                .arg(pki.join("admin.crt"))
-                .arg("--key")
-                .arg(pki.join("admin.key"))
-                .arg(format!("{}/readyz", self.url()))
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_mins(3),
-                "private kube-apiserver not ready; see {}",
-                self.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_apiserver_ready(&self.url(), &self.log, Duration::from_mins(3));
     }
 
     /// Freezes it (SIGSTOP): connections are accepted by the kernel but never answered,
