@@ -24,55 +24,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-const EXPIRES_AT: &str = "regcred.io/expires-at";
-const DOCKERCONFIG: &str = "kubernetes.io/dockerconfigjson";
 const PUBLIC: &str = "public.ecr.aws";
-
-/// What every selected namespace must hold: `None` when the secret is regcred's, of the
-/// pull-secret type, parses, has a complete entry for every host, and has not expired.
-fn problem(secret: Option<&Secret>, hosts: &[String]) -> Option<String> {
-    let Some(secret) = secret else {
-        return Some("missing".into());
-    };
-    let labels = secret.metadata.labels.clone().unwrap_or_default();
-    if labels.get(MANAGED_BY).map(String::as_str) != Some("regcred") {
-        return Some("not labelled as regcred's".into());
-    }
-    if secret.type_.as_deref() != Some(DOCKERCONFIG) {
-        return Some(format!("type {:?}", secret.type_));
-    }
-    let Some(bytes) = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-    else {
-        return Some("no .dockerconfigjson".into());
-    };
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes.0) else {
-        return Some("unparseable .dockerconfigjson".into());
-    };
-    for host in hosts {
-        let entry = &doc["auths"][host];
-        if !(entry["password"].is_string() && entry["auth"].is_string()) {
-            return Some(format!("no complete entry for {host}: {entry}"));
-        }
-    }
-    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
-    let Some(Ok(expiry)) = annotations
-        .get(EXPIRES_AT)
-        .map(|t| t.parse::<jiff::Timestamp>())
-    else {
-        return Some("no expiry annotation".into());
-    };
-    (expiry <= jiff::Timestamp::now()).then(|| format!("expired at {expiry}"))
-}
-
-fn expiry(secret: &Secret) -> jiff::Timestamp {
-    secret.metadata.annotations.as_ref().unwrap()[EXPIRES_AT]
-        .parse()
-        .unwrap()
-}
 
 /// A controller's world: a secret name and namespace prefix of its own, an identity with
 /// the chart's RBAC for it, and a config file; on the shared stack or a private cluster.
@@ -163,12 +115,30 @@ impl World {
             .collect()
     }
 
+    /// Waits until every one of `namespaces` holds a token expiring after `after`.
+    async fn wait_expiring_after(
+        &self,
+        what: &str,
+        namespaces: &[String],
+        after: jiff::Timestamp,
+        timeout: Duration,
+    ) {
+        wait_for(what, timeout, || async {
+            let all = self.all_secrets().await;
+            namespaces
+                .iter()
+                .all(|ns| all.get(ns).is_some_and(|s| expires_at(s) > after))
+                .then_some(())
+        })
+        .await;
+    }
+
     async fn wait_served(&self, namespaces: &[String], timeout: Duration) {
         wait_for("every namespace served", timeout, || async {
             let all = self.all_secrets().await;
             namespaces
                 .iter()
-                .all(|ns| problem(all.get(ns), &self.hosts).is_none())
+                .all(|ns| managed_secret_problem(all.get(ns), &self.hosts).is_none())
                 .then_some(())
         })
         .await;
@@ -178,7 +148,7 @@ impl World {
     async fn assert_nothing_lost(&self, namespaces: &[String]) {
         let all = self.all_secrets().await;
         for ns in namespaces {
-            if let Some(why) = problem(all.get(ns), &self.hosts) {
+            if let Some(why) = managed_secret_problem(all.get(ns), &self.hosts) {
                 panic!("{ns}: secret {} {why}", self.secret);
             }
         }
@@ -208,12 +178,12 @@ impl World {
                     .filter_map(|s| Some((s.metadata.namespace.clone()?, s)))
                     .collect();
                 for ns in &namespaces {
-                    if let Some(why) = problem(by_ns.get(ns), &hosts) {
+                    if let Some(why) = managed_secret_problem(by_ns.get(ns), &hosts) {
                         seen.problems
                             .push(format!("sample {}: {ns}: {why}", seen.samples));
                     }
                     if let Some(s) = by_ns.get(ns) {
-                        seen.expiries.insert(expiry(s));
+                        seen.expiries.insert(expires_at(s));
                     }
                 }
             }
@@ -319,7 +289,7 @@ async fn aws_down_for_several_refresh_periods_then_back() {
                 now[ns].metadata.resource_version, before[ns].metadata.resource_version,
                 "{ns}: written while AWS was down"
             );
-            assert_eq!(problem(now.get(ns), &w.hosts), None, "{ns}");
+            assert_eq!(managed_secret_problem(now.get(ns), &w.hosts), None, "{ns}");
         }
         assert!(run.is_ready(), "not ready with an unexpired token at hand");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -425,7 +395,7 @@ async fn first_write_after(w: &World, expiry_before: jiff::Timestamp) {
     let started = async move {
         while let Some(event) = events.next().await {
             if let Ok(watcher::Event::Apply(s)) = event
-                && expiry(&s) > expiry_before
+                && expires_at(&s) > expiry_before
             {
                 return;
             }
@@ -471,7 +441,7 @@ async fn a_leader_killed_mid_rotation_leaves_no_gap_and_the_standby_takes_over()
     wait_ready(&leader, Duration::from_mins(1)).await;
     w.wait_served(&names, Duration::from_secs(30)).await;
     let first = w.all_secrets().await;
-    let first_expiry = names.iter().map(|ns| expiry(&first[ns])).max().unwrap();
+    let first_expiry = names.iter().map(|ns| expires_at(&first[ns])).max().unwrap();
 
     let watchman = w.watchman(&names);
     first_write_after(&w, first_expiry).await;
@@ -481,7 +451,7 @@ async fn a_leader_killed_mid_rotation_leaves_no_gap_and_the_standby_takes_over()
     let at_kill = w.all_secrets().await;
     let rotated = names
         .iter()
-        .filter(|ns| expiry(&at_kill[*ns]) > first_expiry)
+        .filter(|ns| expires_at(&at_kill[*ns]) > first_expiry)
         .count();
     eprintln!(
         "leader killed mid-rotation: {rotated} of {} namespaces had the new token",
@@ -506,16 +476,11 @@ async fn a_leader_killed_mid_rotation_leaves_no_gap_and_the_standby_takes_over()
     )
     .await;
     let last = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(15);
-    wait_for(
+    w.wait_expiring_after(
         "every secret to hold the standby's second token",
+        &names,
+        last,
         Duration::from_secs(30),
-        || async {
-            let all = w.all_secrets().await;
-            names
-                .iter()
-                .all(|ns| all.get(ns).is_some_and(|s| expiry(s) > last))
-                .then_some(())
-        },
     )
     .await;
     watchman.finish().await.assert_clean();
@@ -542,7 +507,7 @@ async fn etcd_stopped_briefly_then_everything_converges() {
     wait_ready(&run, Duration::from_mins(1)).await;
     w.wait_served(&names, Duration::from_secs(30)).await;
     let first = w.all_secrets().await;
-    let first_expiry = names.iter().map(|ns| expiry(&first[ns])).max().unwrap();
+    let first_expiry = names.iter().map(|ns| expires_at(&first[ns])).max().unwrap();
 
     cluster.stop_etcd();
     let stopped = Instant::now();
@@ -561,16 +526,11 @@ async fn etcd_stopped_briefly_then_everything_converges() {
     let back = Instant::now();
     // The renewal (due 10 s after the first token) could not be written meanwhile.
     w.wait_served(&names, Duration::from_mins(1)).await;
-    wait_for(
+    w.wait_expiring_after(
         "the renewed token everywhere",
+        &names,
+        first_expiry,
         Duration::from_mins(1),
-        || async {
-            let all = w.all_secrets().await;
-            names
-                .iter()
-                .all(|ns| all.get(ns).is_some_and(|s| expiry(s) > first_expiry))
-                .then_some(())
-        },
     )
     .await;
     eprintln!("converged {:?} after etcd came back", back.elapsed());
@@ -696,32 +656,32 @@ async fn malformed_secrets_are_repaired_if_regcreds_and_reported_if_not() {
         ("opaque-nokey", "Opaque", vec![("other", &b"x"[..])]),
         (
             "null",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", &b"null"[..])],
         ),
         (
             "auths-string",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", &br#"{"auths":"x"}"#[..])],
         ),
         (
             "entry-string",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", not_object.as_bytes())],
         ),
         (
             "empty",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", &b"{}"[..])],
         ),
         (
             "missing-keys",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", partial.as_bytes())],
         ),
         (
             "missing-host",
-            DOCKERCONFIG,
+            DOCKERCONFIG_TYPE,
             vec![(".dockerconfigjson", one_host.as_bytes())],
         ),
     ];

@@ -269,21 +269,10 @@ async fn rotation_never_leaves_a_gap_or_an_expired_token() {
             expiries.len()
         );
         let secret = api.get_opt(&s.secret).await.unwrap();
-        let secret = secret.unwrap_or_else(|| panic!("sample {samples}: the secret is missing"));
-        let doc = dockerconfig(&secret);
-        assert!(
-            doc["auths"]["public.ecr.aws"]["password"].is_string(),
-            "sample {samples}: {doc}"
-        );
-        let expiry: jiff::Timestamp =
-            secret.metadata.annotations.as_ref().unwrap()["regcred.io/expires-at"]
-                .parse()
-                .unwrap();
-        assert!(
-            expiry > jiff::Timestamp::now(),
-            "sample {samples}: expired token ({expiry})"
-        );
-        expiries.insert(expiry);
+        if let Some(why) = managed_secret_problem(secret.as_ref(), &["public.ecr.aws"]) {
+            panic!("sample {samples}: {why}");
+        }
+        expiries.insert(expires_at(&secret.unwrap()));
         samples += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -26,10 +26,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-const EXPIRES_AT: &str = "regcred.io/expires-at";
 const REGISTRIES: &str = "regcred.io/registries";
-const DOCKERCONFIG: &str = "kubernetes.io/dockerconfigjson";
 /// The password of moto's ECR token for its default account, and of the fake ECR Public.
 const PUBLIC_PASSWORD: &str = "ecr-public-auth-token";
 const PUBLIC_HOST: &str = "public.ecr.aws";
@@ -152,7 +149,11 @@ fn assert_regcred_secret(s: &Secret, hosts: &[(&str, &str)], kept: &Value) {
         s.metadata.namespace.as_deref().unwrap_or_default(),
         s.metadata.name.as_deref().unwrap_or_default()
     );
-    assert_eq!(s.type_.as_deref(), Some(DOCKERCONFIG), "{where_}: type");
+    assert_eq!(
+        s.type_.as_deref(),
+        Some(DOCKERCONFIG_TYPE),
+        "{where_}: type"
+    );
     let labels = s.metadata.labels.clone().unwrap_or_default();
     assert_eq!(
         labels.get(MANAGED_BY).map(String::as_str),
@@ -221,7 +222,7 @@ async fn create_foreign_secret(admin: &kube::Client, ns: &str, name: &str, doc: 
             labels: Some([("team".to_owned(), "theirs".to_owned())].into()),
             ..ObjectMeta::default()
         },
-        type_: Some(DOCKERCONFIG.into()),
+        type_: Some(DOCKERCONFIG_TYPE.into()),
         data: Some(
             [(
                 ".dockerconfigjson".to_owned(),
@@ -863,9 +864,7 @@ async fn when_aws_fails_no_secret_changes_and_sync_exits_1() {
     let out = run(cmd);
     assert_exit(&out, 0);
     let good = secret(&admin, &ns, &name).await;
-    let expires: jiff::Timestamp = good.metadata.annotations.as_ref().unwrap()[EXPIRES_AT]
-        .parse()
-        .unwrap();
+    let expires = expires_at(&good);
     assert!(
         expires.duration_since(jiff::Timestamp::now()) < jiff::SignedDuration::from_mins(2),
         "the short lifetime was used: {expires}"

@@ -20,7 +20,7 @@ pub struct PollStats {
     pub samples: u64,
     /// The secret did not exist.
     pub missing: u64,
-    /// It existed but held no parseable `.dockerconfigjson` with a password for the host.
+    /// It existed but a pod could not have pulled with it ([`crate::common::pull_problem`]).
     pub unusable: u64,
 }
 
@@ -43,7 +43,7 @@ impl Poller {
                 tick.tick().await;
                 stats.samples += 1;
                 match api.get_opt(&secret).await {
-                    Ok(Some(s)) if usable(&s, &host) => {}
+                    Ok(Some(s)) if crate::common::pull_problem(&s, &[&host]).is_none() => {}
                     Ok(Some(_)) => stats.unusable += 1,
                     Ok(None) => stats.missing += 1,
                     Err(e) => panic!("poller: {e}"),
@@ -58,15 +58,6 @@ impl Poller {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("poller")
     }
-}
-
-fn usable(secret: &Secret, host: &str) -> bool {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.0).ok())
-        .is_some_and(|doc| doc["auths"][host]["password"].is_string())
 }
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -473,6 +473,67 @@ pub fn dockerconfig(secret: &Secret) -> serde_json::Value {
     serde_json::from_slice(bytes).expect("dockerconfigjson")
 }
 
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const EXPIRES_AT: &str = "regcred.io/expires-at";
+pub const DOCKERCONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
+
+/// The expiry regcred wrote on a secret (panics when it has none).
+pub fn expires_at(secret: &Secret) -> jiff::Timestamp {
+    secret.metadata.annotations.as_ref().expect("annotations")[EXPIRES_AT]
+        .parse()
+        .expect("an RFC 3339 expiry")
+}
+
+/// Why a pod could not pull from `hosts` with this secret, or `None` if it could: it has
+/// the pull-secret type and a `.dockerconfigjson` that parses, with a password and `auth`
+/// for every host. Any pull secret, regcred's or a `kubectl create secret docker-registry`.
+pub fn pull_problem(secret: &Secret, hosts: &[impl AsRef<str>]) -> Option<String> {
+    if secret.type_.as_deref() != Some(DOCKERCONFIG_TYPE) {
+        return Some(format!("type {:?}", secret.type_));
+    }
+    let Some(bytes) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+    else {
+        return Some("no .dockerconfigjson".into());
+    };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes.0) else {
+        return Some("unparseable .dockerconfigjson".into());
+    };
+    hosts.iter().map(AsRef::as_ref).find_map(|host| {
+        let entry = &doc["auths"][host];
+        (!(entry["password"].is_string() && entry["auth"].is_string()))
+            .then(|| format!("no complete entry for {host}: {entry}"))
+    })
+}
+
+/// What every served namespace must hold: `None` when the secret exists, is regcred's,
+/// passes [`pull_problem`] for `hosts`, and has not expired.
+pub fn managed_secret_problem(
+    secret: Option<&Secret>,
+    hosts: &[impl AsRef<str>],
+) -> Option<String> {
+    let Some(secret) = secret else {
+        return Some("missing".into());
+    };
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    if labels.get(MANAGED_BY).map(String::as_str) != Some("regcred") {
+        return Some("not labelled as regcred's".into());
+    }
+    if let Some(why) = pull_problem(secret, hosts) {
+        return Some(why);
+    }
+    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    let Some(Ok(expiry)) = annotations
+        .get(EXPIRES_AT)
+        .map(|t| t.parse::<jiff::Timestamp>())
+    else {
+        return Some("no expiry annotation".into());
+    };
+    (expiry <= jiff::Timestamp::now()).then(|| format!("expired at {expiry}"))
+}
+
 /// Pulls the stack's test image with skopeo using this authfile; returns skopeo's output.
 pub fn skopeo_pull(authfile: &Path) -> Output {
     let s = stack();
@@ -861,20 +922,35 @@ pub async fn identity_of(admin: &kube::Client, namespace: &str, name: &str) -> I
     }
 }
 
+/// `curl` for a GET of `url` with the stack's CA and admin certificate, giving up after
+/// `max_secs`.
+fn admin_curl(url: &str, max_secs: u32) -> Command {
+    let pki = Path::new(stack().var("REGCRED_TEST_STATE")).join("pki");
+    let mut curl = Command::new("curl");
+    curl.args(["-sf", "--max-time", &max_secs.to_string(), "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(url);
+    curl
+}
+
+/// A log file a restarted process appends to.
+fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
 /// Waits until a kube-apiserver on `url` answers `/readyz` to the admin certificate.
 fn wait_apiserver_ready(url: &str, log: &Path, timeout: Duration) {
-    let s = stack();
-    let pki = Path::new(s.var("REGCRED_TEST_STATE")).join("pki");
     let start = Instant::now();
     loop {
-        let ok = Command::new("curl")
-            .args(["-sf", "--max-time", "2", "--cacert"])
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join("admin.crt"))
-            .arg("--key")
-            .arg(pki.join("admin.key"))
-            .arg(format!("{url}/readyz"))
+        let ok = admin_curl(&format!("{url}/readyz"), 2)
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
@@ -973,13 +1049,7 @@ impl PrivateCluster {
             .arg(self.dir.path().join("etcd"))
             .env("REGCRED_TEST_BIN", s.var("REGCRED_TEST_BIN"))
             .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
+            .stderr(append_log(&log))
             .spawn()
             .expect("start etcd");
         self.etcd = Some(child);
@@ -1025,13 +1095,7 @@ impl PrivateCluster {
                 format!("http://127.0.0.1:{}", self.etcd_port),
             )
             .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
+            .stderr(append_log(&log))
             .spawn()
             .expect("start kube-apiserver");
         self.apiserver = Some(child);
@@ -1048,15 +1112,7 @@ impl PrivateCluster {
 
     /// The API server's `/metrics` text, read with the admin certificate.
     pub fn apiserver_metrics(&self) -> String {
-        let pki = Path::new(stack().var("REGCRED_TEST_STATE")).join("pki");
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "30", "--cacert"])
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join("admin.crt"))
-            .arg("--key")
-            .arg(pki.join("admin.key"))
-            .arg(format!("{}/metrics", self.url()))
+        let out = admin_curl(&format!("{}/metrics", self.url()), 30)
             .output()
             .expect("run curl");
         assert!(out.status.success(), "GET /metrics: {}", stderr(&out));
