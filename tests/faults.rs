@@ -233,20 +233,6 @@ impl Watchman {
     }
 }
 
-async fn wait_ready(run: &Running, timeout: Duration) {
-    let t0 = Instant::now();
-    wait_for("the controller to be ready", timeout, || async {
-        run.is_ready().then_some(())
-    })
-    .await;
-    eprintln!("ready after {:?}", t0.elapsed());
-}
-
-/// Metric values are small counts: equal when within a half.
-fn is(value: f64, want: f64) -> bool {
-    (value - want).abs() < 0.5
-}
-
 /// AWS down for several refresh periods, then long enough for the token to expire, then
 /// back. Tokens live 30 s and are renewed 24 s before expiry (every 6 s). While AWS is down
 /// for three refresh periods the secrets keep their token, unexpired, and readiness holds;
@@ -272,7 +258,7 @@ async fn aws_down_for_several_refresh_periods_then_back() {
         },
         &[],
     );
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     w.wait_served(&names, Duration::from_secs(30)).await;
     let before = w.all_secrets().await;
 
@@ -351,7 +337,7 @@ async fn an_apiserver_restart_is_survived_and_drift_made_meanwhile_repaired() {
         },
         &[],
     );
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     w.wait_served(std::slice::from_ref(&ns), Duration::from_secs(10))
         .await;
 
@@ -438,7 +424,7 @@ async fn a_leader_killed_mid_rotation_leaves_no_gap_and_the_standby_takes_over()
     } else {
         (b, a)
     };
-    wait_ready(&leader, Duration::from_mins(1)).await;
+    leader.wait_ready(Duration::from_mins(1)).await;
     w.wait_served(&names, Duration::from_secs(30)).await;
     let first = w.all_secrets().await;
     let first_expiry = names.iter().map(|ns| expires_at(&first[ns])).max().unwrap();
@@ -504,7 +490,7 @@ async fn etcd_stopped_briefly_then_everything_converges() {
     .await;
     let names = w.namespaces(&["a", "b", "c", "d", "e"]).await;
     let (mut run, _key) = w.start(|_, key| stack().set_aws_key(key, &json!({"ttl": 60})), &[]);
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     w.wait_served(&names, Duration::from_secs(30)).await;
     let first = w.all_secrets().await;
     let first_expiry = names.iter().map(|ns| expires_at(&first[ns])).max().unwrap();
@@ -546,7 +532,7 @@ async fn etcd_stopped_briefly_then_everything_converges() {
         run.wait_exit(Duration::ZERO).is_none(),
         "still the same process"
     );
-    wait_ready(&run, Duration::from_secs(30)).await;
+    run.wait_ready(Duration::from_secs(30)).await;
     w.assert_nothing_lost(&all).await;
 }
 
@@ -558,7 +544,7 @@ async fn a_flood_of_500_namespaces_gets_secrets_from_one_token_call() {
     let cluster = PrivateCluster::start(&[]);
     let w = World::new(Some(&cluster), false, false, "", "").await;
     let (run, key) = w.start(|_, _| {}, &[]);
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     let names: Vec<String> = (0..500).map(|i| w.ns(&format!("{i:03}"))).collect();
     let t0 = Instant::now();
     create_namespaces_at_once(&w.admin, &names, &[], 100).await;
@@ -694,7 +680,7 @@ async fn malformed_secrets_are_repaired_if_regcreds_and_reported_if_not() {
     }
 
     let (run, _key) = w.start(|_, _| {}, &[]);
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     w.wait_served(&managed, Duration::from_secs(30)).await;
     w.assert_nothing_lost(&managed).await;
     for (ns, created) in &foreign {
@@ -777,7 +763,7 @@ async fn a_service_account_edited_concurrently_keeps_every_edit_and_one_referenc
         },
         &[],
     );
-    wait_ready(&run, Duration::from_mins(1)).await;
+    run.wait_ready(Duration::from_mins(1)).await;
 
     let mut hammers = Vec::new();
     for ns in &names {

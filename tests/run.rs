@@ -75,22 +75,6 @@ impl Setup {
     }
 }
 
-/// Metric values are small counts: equal when within a half.
-fn is(value: f64, want: f64) -> bool {
-    (value - want).abs() < 0.5
-}
-
-async fn wait_ready(run: &Running) {
-    let t0 = Instant::now();
-    wait_for(
-        "the controller to be ready",
-        Duration::from_mins(1),
-        || async { run.is_ready().then_some(()) },
-    )
-    .await;
-    eprintln!("ready after {:?}", t0.elapsed());
-}
-
 /// Polls every 10 ms until `check` holds; returns how long it took.
 async fn latency<F, Fut>(what: &str, check: F) -> Duration
 where
@@ -113,7 +97,7 @@ async fn new_namespaces_deleted_secrets_and_new_service_accounts_are_served_at_o
     let s = setup("", true).await;
     let (run, _key) = s.start(&[]);
     assert!(matches!(run.get("/livez"), Some((200, _))) || wait_live(&run).await);
-    wait_ready(&run).await;
+    run.wait_ready(Duration::from_mins(1)).await;
 
     // A namespace created while it runs.
     let ns = s.ns("new");
@@ -233,7 +217,7 @@ async fn foreign_secrets_are_reported_with_an_event_and_left_alone() {
         .await
         .unwrap();
     let (run, _key) = s.start(&[]);
-    wait_ready(&run).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     wait_for_event(&s.admin, &ns, "ForeignSecret", Duration::from_secs(20)).await;
     assert!(run.metric("regcred_secret_writes_total{result=\"foreign\"}") >= 1.0);
     let after = s.secret_in(&ns).await.unwrap();
@@ -258,7 +242,7 @@ async fn rotation_never_leaves_a_gap_or_an_expired_token() {
         cmd,
         &["--config", &config, "--lease-namespace", &s.who.namespace],
     );
-    wait_ready(&run).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     let api = Api::<Secret>::namespaced(s.admin.clone(), &ns);
     let mut expiries = std::collections::BTreeSet::new();
     let (mut samples, t0) = (0_u32, Instant::now());
@@ -344,7 +328,7 @@ async fn sigterm_stops_it_cleanly_and_releases_the_lease() {
     let s = setup("", false).await;
     create_namespace(&s.admin, &s.ns("stop"), &[]).await;
     let (mut run, _) = s.start(&["--identity", "stopping"]);
-    wait_ready(&run).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     run.signal("TERM");
     let (status, took) = run
         .wait_exit(Duration::from_secs(5))
@@ -377,7 +361,7 @@ async fn a_second_signal_aborts_a_shutdown_stuck_on_a_hung_api_server() {
         cmd,
         &["--config", config, "--lease-namespace", &s.who.namespace],
     );
-    wait_ready(&run).await;
+    run.wait_ready(Duration::from_mins(1)).await;
     wait_for("the lead", Duration::from_secs(10), || async {
         (run.metric("regcred_leader") > 0.5).then_some(())
     })
@@ -410,7 +394,7 @@ async fn a_restart_rewrites_nothing_still_fresh_but_repairs_what_changed() {
         create_namespace(&s.admin, ns, &[]).await;
     }
     let (mut first, _) = s.start(&[]);
-    wait_ready(&first).await;
+    first.wait_ready(Duration::from_mins(1)).await;
     for ns in &names {
         wait_for("a secret", Duration::from_secs(10), || s.secret_in(ns)).await;
     }
@@ -433,7 +417,7 @@ async fn a_restart_rewrites_nothing_still_fresh_but_repairs_what_changed() {
     // Its tokens come late, so it makes a first pass without them (leaving fresh secrets
     // alone for want of a token); the pass the tokens then trigger is still a first pass.
     let (second, _) = s.start_with_aws(&[], Some(json!({"delay": 2})));
-    wait_ready(&second).await;
+    second.wait_ready(Duration::from_mins(1)).await;
     wait_for(
         "the broken secret repaired",
         Duration::from_secs(10),

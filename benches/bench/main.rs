@@ -104,17 +104,6 @@ impl Bench {
         (run, key)
     }
 
-    async fn wait_ready(&self, run: &Running) -> Duration {
-        let start = Instant::now();
-        wait_for(
-            "regcred run to be ready",
-            Duration::from_mins(15),
-            || async { run.is_ready().then_some(()) },
-        )
-        .await;
-        start.elapsed()
-    }
-
     /// Namespaces whose secret holds a token for the host.
     async fn served(&self) -> usize {
         let list = Api::<Secret>::all(self.admin.clone())
@@ -339,7 +328,7 @@ async fn measure_baseline(b: &Bench, sample: usize) -> (Baseline, tools::PollSta
 /// steady period), new namespaces at a steady rate, drift repair.
 async fn measure_run(b: &Bench, idle: Duration, steady: Duration, results: &mut Results) {
     let (mut run, _key) = b.start_run();
-    let first_pass = b.wait_ready(&run).await;
+    let first_pass = run.wait_ready(Duration::from_mins(15)).await;
     b.say(&format!(
         "regcred run ready (first full reconciliation) in {first_pass:.1?}"
     ));
@@ -447,7 +436,7 @@ async fn measure_5n(b: &Bench, steady: Duration) -> Memory {
         started.elapsed()
     ));
     let (mut run, _key) = b.start_run();
-    let first_pass = b.wait_ready(&run).await;
+    let first_pass = run.wait_ready(Duration::from_mins(15)).await;
     b.say(&format!(
         "regcred run over {} namespaces ready in {first_pass:.1?}; steady for {steady:?}",
         5 * b.n

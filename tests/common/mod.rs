@@ -553,6 +553,11 @@ pub fn skopeo_pull(authfile: &Path) -> Output {
         .expect("run skopeo")
 }
 
+/// Metric values are small counts: equal when within a half.
+pub fn is(value: f64, want: f64) -> bool {
+    (value - want).abs() < 0.5
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -720,6 +725,21 @@ impl Running {
 
     pub fn is_ready(&self) -> bool {
         matches!(self.get("/readyz"), Some((200, _)))
+    }
+
+    /// Waits until `/readyz` answers 200; how long that took.
+    pub async fn wait_ready(&self, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        wait_for("regcred run to be ready", timeout, || async {
+            self.is_ready().then_some(())
+        })
+        .await;
+        let took = t0.elapsed();
+        #[allow(clippy::print_stderr)] // What a test reports.
+        {
+            eprintln!("ready after {took:?}");
+        }
+        took
     }
 
     pub fn signal(&self, signal: &str) {
