@@ -16,8 +16,12 @@ TESTENV=$ROOT/testenv
 STATE=$ROOT/.testenv
 CACHE=${REGCRED_CACHE_DIR:-$HOME/.cache/regcred}
 
-ETCD_PORT=23790 ETCD_PEER_PORT=23800 APISERVER_PORT=26443
-AWS_PORT=25000 PUBLIC_PORT=25001 REGISTRY_PORT=25002
+# REGCRED_TEST_PORT_OFFSET moves every port, so a second checkout (a git worktree) can run
+# a stack of its own beside this one; its state lives in its own .testenv/.
+OFF=${REGCRED_TEST_PORT_OFFSET:-0}
+[[ $OFF =~ ^[0-9]?00$|^0$ ]] || { echo "testenv: REGCRED_TEST_PORT_OFFSET must be 0, 100, 200 ... 900" >&2; exit 2; }
+ETCD_PORT=$((23790 + OFF)) ETCD_PEER_PORT=$((23800 + OFF)) APISERVER_PORT=$((26443 + OFF))
+AWS_PORT=$((25000 + OFF)) PUBLIC_PORT=$((25001 + OFF)) REGISTRY_PORT=$((25002 + OFF))
 ACCOUNT=123456789012
 PASSWORD=$ACCOUNT-auth-token # the password in moto's ECR token (moto/ecr/responses.py)
 IMAGE=127.0.0.1:$REGISTRY_PORT/regcred/hello:1.0
