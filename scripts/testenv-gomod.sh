@@ -29,11 +29,13 @@ staging=$(printf '%s\n' "$served" | awk '$2 == "=>" && $3 ~ /^\.\/staging\// {pr
   echo ")"
 } > "$dir/go.mod"
 cd "$dir"
-# The tools we build: kube-apiserver at the pinned release, and etcd at the version
-# Kubernetes itself requires (never a newer one).
+# The tools we build: the control plane and the kubelet at the pinned release, and etcd at
+# the version Kubernetes itself requires (never a newer one).
 etcd_version=$(printf '%s\n' "$served" | awk '$1 == "go.etcd.io/etcd/server/v3" {print $2; exit}')
 [ -n "$etcd_version" ] || { echo "k8s.io/kubernetes@$K8S_VERSION does not require go.etcd.io/etcd/server/v3" >&2; exit 1; }
-go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION"
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  go get -tool "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"
+done
 go get -tool "go.etcd.io/etcd/server/v3@$etcd_version"
 go mod tidy
 echo "testenv/go.mod pinned to k8s.io/kubernetes $K8S_VERSION ($(echo "$staging" | wc -l) staging modules at $staging_version)"

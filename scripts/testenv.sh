@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # regcred's local test stack, all on 127.0.0.1 (see testenv/README.md):
-#   etcd + kube-apiserver built from the Kubernetes Go modules (testenv/go.mod), RBAC on;
-#   moto as AWS, wrapped by testenv/fake_aws.py (token lifetimes, ECR Public, call counters);
-#   Debian's docker-registry with TLS and htpasswd auth, holding one test image.
+#   a cluster built from the Kubernetes Go modules (testenv/go.mod): etcd, kube-apiserver
+#   (RBAC on), kube-controller-manager, kube-scheduler, and a kubelet node running pods with
+#   Debian's containerd and runc (testenv/node.sh; REGCRED_TEST_NODE=off leaves it out);
+#   moto as AWS, wrapped by testenv/fake_aws.py (token lifetimes, ECR Public, call counters,
+#   a fresh password per token);
+#   Debian's docker-registry behind testenv/registry_front.py, which admits a password only
+#   while the token it came in is valid, as ECR does; one door per AWS account.
 #
 #   scripts/testenv.sh install   apt packages, Python venv, Go builds (cached; fast when present)
 #   scripts/testenv.sh up        install if needed, start what is down, write .testenv/env
@@ -21,12 +25,16 @@ CACHE=${REGCRED_CACHE_DIR:-$HOME/.cache/regcred}
 OFF=${REGCRED_TEST_PORT_OFFSET:-0}
 [[ $OFF =~ ^[0-9]?00$|^0$ ]] || { echo "testenv: REGCRED_TEST_PORT_OFFSET must be 0, 100, 200 ... 900" >&2; exit 2; }
 ETCD_PORT=$((23790 + OFF)) ETCD_PEER_PORT=$((23800 + OFF)) APISERVER_PORT=$((26443 + OFF))
-AWS_PORT=$((25000 + OFF)) PUBLIC_PORT=$((25001 + OFF)) REGISTRY_PORT=$((25002 + OFF))
-ACCOUNT=123456789012
-PASSWORD=$ACCOUNT-auth-token # the password in moto's ECR token (moto/ecr/responses.py)
-IMAGE=127.0.0.1:$REGISTRY_PORT/regcred/hello:1.0
+AWS_PORT=$((25000 + OFF)) PUBLIC_PORT=$((25001 + OFF))
+REGISTRY_PORT=$((25002 + OFF)) REGISTRY_BACKEND_PORT=$((25003 + OFF)) REGISTRY_B_PORT=$((25004 + OFF))
+KCM_PORT=$((25010 + OFF)) SCHEDULER_PORT=$((25011 + OFF)) STREAM_PORT=$((25012 + OFF))
+KUBELET_PORT=$((25013 + OFF)) KUBELET_HEALTHZ_PORT=$((25014 + OFF))
+ACCOUNT=123456789012   # moto's default account, behind the registry door on REGISTRY_PORT
+ACCOUNT_B=210987654321 # a second account (reached by AssumeRole), its door on REGISTRY_B_PORT
+IMAGE_PATH=regcred/hello:1.0
 READY_TIMEOUT=${REGCRED_TEST_READY_TIMEOUT:-180}
-SERVICES=(etcd kube-apiserver fake-aws registry) # start order; stopped in reverse
+# Start order; stopped in reverse.
+SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler registry fake-aws containerd kubelet)
 
 sha12() { cat "$@" | sha256sum | cut -c1-12; }
 K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3} $1 == "k8s.io/kubernetes" {print $2}' "$TESTENV/go.mod")
@@ -46,11 +54,16 @@ TOOLS_DIR=$CACHE/helm-$HELM_VERSION-$(sha12 "$TESTENV/helm/go.sum" "$TESTENV/hel
 log() { echo "testenv: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# shellcheck source=testenv/node.sh
+source "$TESTENV/node.sh"
+
 # ---------------------------------------------------------------------------- install
 
 install_apt() {
   local missing=() pair
-  for pair in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl curl:curl; do
+  for pair in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl curl:curl \
+    containerd:containerd runc:runc /usr/lib/cni/loopback:containernetworking-plugins \
+    /bin/busybox:busybox-static; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -60,7 +73,7 @@ install_apt() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >&2
   apt-get install -y -q "${missing[@]}" >&2
-  for pair in docker-registry skopeo htpasswd openssl curl; do
+  for pair in docker-registry skopeo htpasswd openssl curl containerd runc /usr/lib/cni/loopback /bin/busybox; do
     command -v "$pair" >/dev/null || die "$pair still missing after apt-get install"
   done
 }
@@ -75,17 +88,22 @@ install_venv() {
   touch "$VENV/.complete"
 }
 
+GO_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd credprovider-driver)
+
 install_go() {
-  [ -x "$GOBIN_DIR/kube-apiserver" ] && [ -x "$GOBIN_DIR/etcd" ] && [ -x "$GOBIN_DIR/credprovider-driver" ] && return
+  local b missing=0
+  for b in "${GO_BINARIES[@]}"; do [ -x "$GOBIN_DIR/$b" ] || missing=1; done
+  [ $missing = 1 ] || return 0
   command -v go >/dev/null || die "go is not installed (needed to build kube-apiserver and etcd)"
   # Build into a temp folder and rename it into place: a killed build leaves no half binary.
   local start=$SECONDS
   GO_TMP=$(mktemp -d "$CACHE/go-build.XXXXXX")
   trap 'rm -rf "$GO_TMP"' EXIT
   chmod 755 "$GO_TMP" # mktemp makes it 0700
-  log "building kube-apiserver $K8S_VERSION and etcd into $GOBIN_DIR (first time only; about 7 min on 2 cores)"
+  log "building Kubernetes $K8S_VERSION (${GO_BINARIES[*]}) into $GOBIN_DIR (first time only; about 12 min on 2 cores)"
   (cd "$TESTENV" && CGO_ENABLED=0 go build -trimpath -ldflags="$LDFLAGS" -o "$GO_TMP/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3 \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet go.etcd.io/etcd/server/v3 \
     ./cmd/credprovider-driver) >&2 # the kubelet's credential-provider plugin code, for tests
   # go names the etcd main package (module root go.etcd.io/etcd/server/v3) "server"
   mv "$GO_TMP/bin/server" "$GO_TMP/bin/etcd"
@@ -119,7 +137,11 @@ make_pki() {
   local serving="subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
   leaf_cert apiserver "/CN=kube-apiserver" "$serving"
   leaf_cert registry "/CN=regcred-test-registry" "$serving"
+  leaf_cert controlplane "/CN=regcred-test-controlplane" "$serving"
   leaf_cert admin "/O=system:masters/CN=regcred-admin" "extendedKeyUsage=clientAuth"
+  leaf_cert kube-controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+  leaf_cert kube-scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+  leaf_cert kubelet "/O=system:nodes/CN=system:node:regcred-node" "extendedKeyUsage=clientAuth"
   # The service-account token signing key pair.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/sa.key" 2>/dev/null
   openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub"
@@ -136,9 +158,9 @@ leaf_cert() { # NAME SUBJECT EXTENSIONS: a key and a certificate signed by the t
   rm "$d/$1.csr"
 }
 
-write_files() {
+kubeconfig_file() { # FILE CERT: a kubeconfig for the stack's API server with pki/CERT.{crt,key}
   local pki=$STATE/pki b64='base64 -w0'
-  cat >"$STATE/kubeconfig" <<EOF
+  cat >"$1" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -147,20 +169,35 @@ clusters:
     server: https://127.0.0.1:$APISERVER_PORT
     certificate-authority-data: $($b64 "$pki/ca.crt")
 users:
-- name: regcred-admin
+- name: $2
   user:
-    client-certificate-data: $($b64 "$pki/admin.crt")
-    client-key-data: $($b64 "$pki/admin.key")
+    client-certificate-data: $($b64 "$pki/$2.crt")
+    client-key-data: $($b64 "$pki/$2.key")
 contexts:
 - name: regcred-test
-  context: {cluster: regcred-test, user: regcred-admin, namespace: default}
+  context: {cluster: regcred-test, user: $2, namespace: default}
 current-context: regcred-test
 EOF
-  chmod 600 "$STATE/kubeconfig"
+  chmod 600 "$1"
+}
+
+write_files() {
+  local pki=$STATE/pki backend_pw
+  kubeconfig_file "$STATE/kubeconfig" admin
+  kubeconfig_file "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager
+  kubeconfig_file "$STATE/kube-scheduler.kubeconfig" kube-scheduler
   # Always our own policy, so skopeo behaves the same whether /etc/containers has one or not.
   echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$STATE/policy.json"
   mkdir -p "$STATE/registry"
-  [ -s "$STATE/registry/htpasswd" ] || htpasswd -Bbc "$STATE/registry/htpasswd" AWS "$PASSWORD" 2>/dev/null
+  # The registry behind the doors takes one credential, which only the doors (and `up`,
+  # to push the test image) know; clients get in only through a door, with an ECR token.
+  if [ ! -s "$STATE/registry/backend-auth" ]; then
+    echo "front:$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" >"$STATE/registry/backend-auth"
+    chmod 600 "$STATE/registry/backend-auth"
+    rm -f "$STATE/registry/htpasswd"
+  fi
+  backend_pw=$(cut -d: -f2- "$STATE/registry/backend-auth")
+  [ -s "$STATE/registry/htpasswd" ] || htpasswd -Bbc "$STATE/registry/htpasswd" front "$backend_pw" 2>/dev/null
   cat >"$STATE/registry/config.yml" <<EOF
 version: 0.1
 log: {level: info}
@@ -168,12 +205,13 @@ storage:
   filesystem: {rootdirectory: $STATE/data/registry}
   delete: {enabled: true}
 http:
-  addr: 127.0.0.1:$REGISTRY_PORT
+  addr: 127.0.0.1:$REGISTRY_BACKEND_PORT
   secret: regcred-test-only
   tls: {certificate: $pki/registry.crt, key: $pki/registry.key}
 auth:
   htpasswd: {realm: regcred-test, path: $STATE/registry/htpasswd}
 EOF
+  if node_enabled; then node_write_files; fi
 }
 
 write_env() {
@@ -193,9 +231,13 @@ AWS_SECRET_ACCESS_KEY testing
 AWS_REGION us-east-1
 AWS_DEFAULT_REGION us-east-1
 REGCRED_TEST_ACCOUNT $ACCOUNT
-REGCRED_TEST_PASSWORD $PASSWORD
+REGCRED_TEST_ACCOUNT_B $ACCOUNT_B
 REGCRED_TEST_REGISTRY 127.0.0.1:$REGISTRY_PORT
-REGCRED_TEST_IMAGE $IMAGE
+REGCRED_TEST_REGISTRY_B 127.0.0.1:$REGISTRY_B_PORT
+REGCRED_TEST_IMAGE_PATH $IMAGE_PATH
+REGCRED_TEST_IMAGE 127.0.0.1:$REGISTRY_PORT/$IMAGE_PATH
+REGCRED_TEST_ECR_HOST $ECR_HOST_A
+REGCRED_TEST_ECR_HOST_B $ECR_HOST_B
 REGCRED_TEST_CERT_DIR $STATE/pki/registry-certs
 REGCRED_TEST_POLICY $STATE/policy.json
 REGCRED_TEST_CONTROL http://127.0.0.1:$AWS_PORT/_regcred
@@ -204,6 +246,14 @@ REGCRED_TEST_VENV $VENV
 REGCRED_TEST_HELM $TOOLS_DIR/helm
 REGCRED_TEST_KUBECTL $TOOLS_DIR/kubectl
 EOF
+    if node_enabled; then
+      while read -r k v; do printf 'export %s=%s\n' "$k" "$v"; done <<EOF
+REGCRED_TEST_NODE $NODE_NAME
+REGCRED_TEST_NODE_AWS_KEY $NODE_AWS_KEY
+REGCRED_TEST_NODE_STATE $NODE
+REGCRED_TEST_CONTAINERD $NODE/containerd.sock
+EOF
+    fi
   } >"$STATE/env.tmp"
   mv "$STATE/env.tmp" "$STATE/env"
 }
@@ -215,34 +265,58 @@ EOF
 svc_cmd() {
   case $1 in
     etcd) echo "$TESTENV/start-etcd.sh $ETCD_PORT $ETCD_PEER_PORT $STATE/data/etcd" ;;
-    kube-apiserver) echo "$TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
-    fake-aws) echo "$VENV/bin/python $TESTENV/fake_aws.py --port $AWS_PORT --public-port $PUBLIC_PORT --log $STATE/logs/fake-aws.log" ;;
+    kube-apiserver) echo "env REGCRED_TEST_ETCD=http://127.0.0.1:$ETCD_PORT $TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
+    kube-controller-manager) echo "$TESTENV/start-controller-manager.sh $KCM_PORT $STATE" ;;
+    kube-scheduler) echo "$TESTENV/start-scheduler.sh $SCHEDULER_PORT $STATE" ;;
+    fake-aws) echo "$VENV/bin/python $TESTENV/fake_aws.py --port $AWS_PORT --public-port $PUBLIC_PORT
+      --log $STATE/logs/fake-aws.log --front $REGISTRY_PORT=$ACCOUNT --front $REGISTRY_B_PORT=$ACCOUNT_B
+      --backend 127.0.0.1:$REGISTRY_BACKEND_PORT --backend-auth-file $STATE/registry/backend-auth
+      --tls-cert $STATE/pki/registry.crt --tls-key $STATE/pki/registry.key --ca $STATE/pki/ca.crt" ;;
     registry) echo "/usr/bin/docker-registry serve $STATE/registry/config.yml" ;;
+    containerd) echo "/usr/bin/containerd --config $NODE/containerd.toml" ;;
+    kubelet) echo "$GOBIN_DIR/kubelet --config=$NODE/kubelet.yaml --kubeconfig=$NODE/kubelet.kubeconfig
+      --root-dir=$NODE/kubelet --cert-dir=$NODE/kubelet/pki --hostname-override=$NODE_NAME
+      --image-credential-provider-config=$NODE/credential-provider-config.yaml
+      --image-credential-provider-bin-dir=$NODE/plugins --v=2" ;;
   esac
 }
 svc_match() {
   case $1 in
     etcd) echo "--data-dir=$STATE/data/etcd" ;;
     kube-apiserver) echo "--secure-port=$APISERVER_PORT" ;;
+    kube-controller-manager) echo "--secure-port=$KCM_PORT" ;;
+    kube-scheduler) echo "--secure-port=$SCHEDULER_PORT" ;;
     fake-aws) echo "fake_aws.py --port $AWS_PORT" ;;
     registry) echo "$STATE/registry/config.yml" ;;
+    containerd) echo "$NODE/containerd.toml" ;;
+    kubelet) echo "--config=$NODE/kubelet.yaml" ;;
   esac
 }
 svc_port() {
   case $1 in
     etcd) echo $ETCD_PORT ;; kube-apiserver) echo $APISERVER_PORT ;;
-    fake-aws) echo $AWS_PORT ;; registry) echo $REGISTRY_PORT ;;
+    kube-controller-manager) echo $KCM_PORT ;; kube-scheduler) echo $SCHEDULER_PORT ;;
+    fake-aws) echo $AWS_PORT ;; registry) echo $REGISTRY_BACKEND_PORT ;;
+    containerd) echo $STREAM_PORT ;; kubelet) echo $KUBELET_HEALTHZ_PORT ;;
   esac
 }
+svc_wanted() { case $1 in containerd | kubelet) node_enabled ;; *) true ;; esac; }
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }
 svc_healthy() {
+  local ca=(--cacert "$STATE/pki/ca.crt")
   case $1 in
     etcd) curl -sf --max-time 3 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"' ;;
-    kube-apiserver) [ "$(http_code --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
+    kube-apiserver) [ "$(http_code "${ca[@]}" --cert "$STATE/pki/admin.crt" \
       --key "$STATE/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz")" = 200 ] ;;
+    kube-controller-manager) [ "$(http_code "${ca[@]}" "https://127.0.0.1:$KCM_PORT/healthz")" = 200 ] ;;
+    kube-scheduler) [ "$(http_code "${ca[@]}" "https://127.0.0.1:$SCHEDULER_PORT/healthz")" = 200 ] ;;
     fake-aws) [ "$(http_code "http://127.0.0.1:$AWS_PORT/_regcred/health")" = 200 ] &&
-      [ "$(http_code "http://127.0.0.1:$PUBLIC_PORT/_regcred/health")" = 200 ] ;;
-    registry) [ "$(http_code --cacert "$STATE/pki/ca.crt" "https://127.0.0.1:$REGISTRY_PORT/v2/")" = 401 ] ;;
+      [ "$(http_code "http://127.0.0.1:$PUBLIC_PORT/_regcred/health")" = 200 ] &&
+      [ "$(http_code "${ca[@]}" "https://127.0.0.1:$REGISTRY_PORT/v2/")" = 401 ] &&
+      [ "$(http_code "${ca[@]}" "https://127.0.0.1:$REGISTRY_B_PORT/v2/")" = 401 ] ;;
+    registry) [ "$(http_code "${ca[@]}" "https://127.0.0.1:$REGISTRY_BACKEND_PORT/v2/")" = 401 ] ;;
+    containerd) ctr --address "$NODE/containerd.sock" version >/dev/null 2>&1 ;;
+    kubelet) [ "$(curl -s --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz")" = ok ] ;;
   esac
 }
 
@@ -306,15 +380,22 @@ stop_svc() {
   rm -f "$STATE/pids/$name.pid"
 }
 
+# The test app image: busybox (a shell and `sleep` for pods) and /hello.txt, pushed
+# straight to the registry behind the doors.
 push_image() {
-  local skopeo=(skopeo --policy "$STATE/policy.json")
-  "${skopeo[@]}" inspect --creds "AWS:$PASSWORD" --cert-dir "$STATE/pki/registry-certs" \
-    "docker://$IMAGE" >/dev/null 2>&1 && return
+  local skopeo=(skopeo --policy "$STATE/policy.json") auth image
+  auth=$(cat "$STATE/registry/backend-auth")
+  image=127.0.0.1:$REGISTRY_BACKEND_PORT/$IMAGE_PATH
+  "${skopeo[@]}" inspect --creds "$auth" --cert-dir "$STATE/pki/registry-certs" \
+    "docker://$image" >/dev/null 2>&1 && return
   rm -rf "$STATE/image"
-  "$VENV/bin/python" "$TESTENV/make_image.py" "$STATE/image" 1.0 >/dev/null
-  "${skopeo[@]}" copy -q --dest-creds "AWS:$PASSWORD" --dest-cert-dir "$STATE/pki/registry-certs" \
-    "oci:$STATE/image:1.0" "docker://$IMAGE" >&2
-  log "pushed $IMAGE"
+  "$VENV/bin/python" "$TESTENV/make_image.py" "$STATE/image" 1.0 \
+    --file /bin/busybox:bin/busybox:755 --symlink bin/sh:busybox --symlink bin/sleep:busybox \
+    --text "hello.txt:hello from regcred's test image\\n" \
+    --entrypoint '["/bin/busybox"]' --cmd '["sleep", "3600"]' >/dev/null
+  "${skopeo[@]}" copy -q --dest-creds "$auth" --dest-cert-dir "$STATE/pki/registry-certs" \
+    "oci:$STATE/image:1.0" "docker://$image" >&2
+  log "pushed $IMAGE_PATH"
 }
 
 # ---------------------------------------------------------------------------- commands
@@ -331,9 +412,19 @@ up() {
   make_pki
   ln -sfn "$GOBIN_DIR" "$STATE/bin" # start-*.sh find the binaries here
   write_files
+  if node_enabled && ! live_pid kubelet >/dev/null; then
+    live_pid containerd >/dev/null || node_teardown # what a crashed run left
+    node_prepare_host
+    node_plugin
+  fi
   local name
-  for name in "${SERVICES[@]}"; do start_svc "$name"; done
+  for name in "${SERVICES[@]}"; do
+    svc_wanted "$name" || continue
+    start_svc "$name"
+    [ "$name" = containerd ] && node_images
+  done
   push_image
+  if node_enabled; then wait_node_ready; fi
   write_env
   log "up; env: $STATE/env"
 }
@@ -341,13 +432,18 @@ up() {
 down() {
   lock_state
   local i
-  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_svc "${SERVICES[i]}"; done
-  rm -rf "$STATE/data" "$STATE/image" "$STATE/env"
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    [ "${SERVICES[i]}" = containerd ] && node_stop_containers
+    stop_svc "${SERVICES[i]}"
+    [ "${SERVICES[i]}" = containerd ] && node_teardown
+  done
+  rm -rf "$STATE/data" "$STATE/image" "$STATE/env" "$NODE"
 }
 
 status() {
   local name pid ok=0
   for name in "${SERVICES[@]}"; do
+    svc_wanted "$name" || continue
     if pid=$(live_pid "$name"); then
       if svc_healthy "$name"; then echo "$name: running (pid $pid), healthy"
       else echo "$name: running (pid $pid), NOT healthy"; ok=1; fi

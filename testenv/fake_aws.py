@@ -2,15 +2,20 @@
 """Fake AWS for regcred's tests: moto's server, wrapped.
 
 Port P (AWS_ENDPOINT_URL): everything goes to moto (ECR, STS, ...), except that
-  - ECR GetAuthorizationToken answers carry expiresAt = now + TTL (moto says 2015-01-01);
+  - ECR GetAuthorizationToken answers carry expiresAt = now + TTL (moto says 2015-01-01)
+    and a fresh password of their own, valid until then (moto's is fixed forever);
   - /_regcred/... is our control API (call counters, per-key TTL and fault injection).
 Port Q (AWS_ENDPOINT_URL_ECR_PUBLIC): ECR Public GetAuthorizationToken, which moto lacks.
+--front PORT=ACCOUNT: the registry's door for that account (registry_front.py), which
+  admits only a password this process issued for that account, until it expires.
 
 Calls are counted per AWS access key id (from the SigV4 Authorization header) and
 operation, so parallel tests that each sign with their own random key id see only their
 own calls. See testenv/README.md for the control API.
 
     python fake_aws.py [--host 127.0.0.1] [--port 25000] [--public-port 25001] [--log FILE]
+        [--front PORT=ACCOUNT ... --backend HOST:PORT --backend-auth-file F --tls-cert F
+         --tls-key F --ca F]
 """
 
 import argparse
@@ -34,11 +39,15 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
+from registry_front import Front, Tokens
+
 ECR_TOKEN = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
 PUBLIC_TOKEN = "SpencerFrontendService.GetAuthorizationToken"
-# Default moto account, and the password moto puts in its ECR token (moto/ecr/responses.py).
+# Default moto account. moto's ECR token is base64("AWS:<account>-auth-token") for the
+# caller's account (moto/ecr/responses.py); we keep the account and replace the password.
 ACCOUNT = os.environ.get("MOTO_ACCOUNT_ID", "123456789012")
-PUBLIC_PASSWORD = "ecr-public-auth-token"  # ours; no registry checks it
+MOTO_PASSWORD = re.compile(r"^AWS:(\d{12})-auth-token$")
+PUBLIC_ACCOUNT = "public"  # the account name of ECR Public tokens in the token table
 ANONYMOUS = "-"  # key under which unsigned calls (e.g. AssumeRoleWithWebIdentity) count
 
 log = logging.getLogger("fake_aws")
@@ -60,6 +69,7 @@ class State:
     def __init__(self, ttl):
         self.lock = threading.Lock()
         self.ttl = ttl  # default token lifetime, seconds
+        self.tokens = Tokens()  # every registry password issued, shared with the fronts
         self.calls = defaultdict(Counter)  # key id -> Counter("service:Operation")
         self.keys = {}  # key id -> {"ttl": s, "fail": bool|str, "delay": s, "omitExpiry": bool}
 
@@ -142,6 +152,15 @@ def expiry(state, key):
     return round(time.time() + state.token_ttl(key), 3)
 
 
+def fresh_token(state, key, account):
+    """(authorizationToken, expiresAt or None) for a new password of `account`. A token
+    whose answer omits expiresAt still expires, after the key's TTL."""
+    shown = expiry(state, key)
+    valid_until = shown if shown is not None else time.time() + state.token_ttl(key)
+    password = state.tokens.issue(account, valid_until, key)
+    return base64.b64encode(f"AWS:{password}".encode()).decode(), shown
+
+
 class MainApp:
     """Port P: control API, ECR token rewriting, everything else straight to moto."""
 
@@ -175,9 +194,13 @@ class MainApp:
             chunks.close()
         if captured["status"].startswith("200"):
             answer = json.loads(body)
-            expires = expiry(self.state, key)
             for data in answer.get("authorizationData", []):
+                moto_login = base64.b64decode(data["authorizationToken"]).decode()
+                m = MOTO_PASSWORD.match(moto_login)
+                if not m:
+                    raise ValueError("moto's ECR token is not AWS:<account>-auth-token any more")
                 data.pop("expiresAt", None)
+                data["authorizationToken"], expires = fresh_token(self.state, key, m.group(1))
                 if expires is not None:
                     data["expiresAt"] = expires
             body = json.dumps(answer).encode()
@@ -221,6 +244,19 @@ class MainApp:
                     with self.state.lock:
                         self.state.keys.pop(key, None)
                     return respond(start_response, "200 OK", {})
+            if route == "registry-tokens" and method == "POST":
+                # A password as a token call would give, without the call (tests, demo).
+                req = json.loads(read_body(environ) or b"{}")
+                ttl = parse_ttl(req.get("ttl", self.state.ttl))
+                expires = round(time.time() + ttl, 3)
+                password = self.state.tokens.issue(str(req.get("account", ACCOUNT)), expires, ANONYMOUS)
+                return respond(start_response, "200 OK", {"password": password, "expiresAt": expires})
+            if route == "registry-tokens/lookup" and method == "POST":
+                found = self.state.tokens.lookup(json.loads(read_body(environ))["password"])
+                if found is None:
+                    return respond(start_response, "404 Not Found", {"error": "never issued"})
+                found["valid"] = found["expiresAt"] > time.time()
+                return respond(start_response, "200 OK", found)
             if route == "health":
                 return respond(start_response, "200 OK", {"ok": True})
         except (ValueError, KeyError, TypeError) as e:  # bad JSON or bad TTL
@@ -247,8 +283,8 @@ class PublicApp:
         error = injected(self.state, key, start_response)
         if error is not None:
             return error
-        data = {"authorizationToken": base64.b64encode(f"AWS:{PUBLIC_PASSWORD}".encode()).decode()}
-        expires = expiry(self.state, key)
+        token, expires = fresh_token(self.state, key, PUBLIC_ACCOUNT)
+        data = {"authorizationToken": token}
         if expires is not None:
             data["expiresAt"] = expires
         return respond(start_response, "200 OK", {"authorizationData": data}, "application/x-amz-json-1.1")
@@ -260,7 +296,16 @@ def main():
     p.add_argument("--port", type=int, default=25000, help="moto + control API")
     p.add_argument("--public-port", type=int, default=25001, help="ECR Public")
     p.add_argument("--log", help="log file (default: stderr)")
+    p.add_argument("--front", action="append", default=[], metavar="PORT=ACCOUNT",
+                   help="serve the registry's door for ACCOUNT on PORT (TLS)")
+    p.add_argument("--backend", help="the docker-registry behind the fronts, HOST:PORT (TLS)")
+    p.add_argument("--backend-auth-file", help="file holding USER:PASSWORD for the backend")
+    p.add_argument("--tls-cert", help="the fronts' serving certificate")
+    p.add_argument("--tls-key", help="the fronts' serving key")
+    p.add_argument("--ca", help="CA that signed the backend's certificate")
     args = p.parse_args()
+    if args.front and not all([args.backend, args.backend_auth_file, args.tls_cert, args.tls_key, args.ca]):
+        p.error("--front needs --backend, --backend-auth-file, --tls-cert, --tls-key and --ca")
 
     logging.basicConfig(filename=args.log, level=logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
@@ -271,6 +316,15 @@ def main():
         make_server(args.host, args.port, MainApp(state), threaded=True, request_handler=MotoRequestHandler),
         make_server(args.host, args.public_port, PublicApp(state), threaded=True),
     ]
+    if args.front:
+        with open(args.backend_auth_file) as f:
+            backend_auth = f.read().strip()
+        for spec in args.front:
+            port, _, account = spec.partition("=")
+            app = Front(state.tokens, account, args.backend, backend_auth, args.ca)
+            servers.append(make_server(args.host, int(port), app, threaded=True,
+                                       ssl_context=(args.tls_cert, args.tls_key)))
+            log.info("registry front for account %s on %s:%s", account, args.host, port)
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     log.info("fake AWS on %s:%d (ECR Public on :%d), token TTL %ss",

@@ -8,9 +8,9 @@
 #   testenv/start-apiserver.sh PORT ETCD_PREFIX STATE_DIR [extra kube-apiserver flags...]
 #
 # The binary comes from $REGCRED_TEST_BIN, else <repo>/.testenv/bin.
-# Flags follow controller-runtime's envtest, plus RBAC and a service-account issuer.
-# No controller-manager runs: new namespaces get no "default" ServiceAccount, and deleted
-# namespaces stay Terminating.
+# Flags follow controller-runtime's envtest, plus Node and RBAC authorization and a
+# service-account issuer. A private apiserver started alone has no controller-manager: its
+# new namespaces get no "default" ServiceAccount and deleted ones stay Terminating.
 set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: $0 PORT ETCD_PREFIX STATE_DIR [kube-apiserver flags...]" >&2; exit 2; }
 port=$1 prefix=$2 pki=$3/pki; shift 3
@@ -23,7 +23,8 @@ exec "$bin/kube-apiserver" \
   --tls-cert-file="$pki/apiserver.crt" \
   --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" \
-  --authorization-mode=RBAC \
+  --authorization-mode=Node,RBAC \
+  --enable-admission-plugins=NodeRestriction \
   --service-account-issuer="$issuer" \
   --api-audiences="$issuer" \
   --service-account-key-file="$pki/sa.pub" \

@@ -8,10 +8,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::helm::{chart_dir, helm, install, kubectl, ok, values_file};
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -25,97 +25,6 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------- tools
-
-/// helm and kubectl, built by `scripts/testenv.sh install` from testenv/helm.
-#[derive(Debug)]
-struct Tools {
-    helm: PathBuf,
-    kubectl: PathBuf,
-    /// HELM_*_HOME, so helm never reads or writes the user's own settings.
-    home: tempfile::TempDir,
-}
-
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let s = stack();
-        let env_file = s.root.join(".testenv/env");
-        let read = || {
-            std::fs::read_to_string(&env_file)
-                .expect("read .testenv/env")
-                .lines()
-                .filter_map(|l| l.strip_prefix("export "))
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let mut env = read();
-        if !env.contains_key("REGCRED_TEST_HELM") {
-            // A stack started before helm joined it: `up` installs what is missing and
-            // rewrites the env file; it does not restart running services.
-            let status = Command::new(s.root.join("scripts/testenv.sh"))
-                .arg("up")
-                .status()
-                .expect("run scripts/testenv.sh up");
-            assert!(status.success(), "scripts/testenv.sh up failed");
-            env = read();
-        }
-        Tools {
-            helm: env["REGCRED_TEST_HELM"].clone().into(),
-            kubectl: env["REGCRED_TEST_KUBECTL"].clone().into(),
-            home: tempfile::tempdir().unwrap(),
-        }
-    })
-}
-
-fn chart_dir() -> PathBuf {
-    stack().root.join("charts/regcred")
-}
-
-/// Runs helm as the stack's admin.
-fn helm(args: &[&str]) -> Output {
-    let t = tools();
-    let mut cmd = Command::new(&t.helm);
-    cmd.args(args)
-        .env("KUBECONFIG", stack().var("KUBECONFIG"))
-        .env("REGCRED_TEST_HELM", &t.helm);
-    for (var, dir) in [
-        ("HELM_CACHE_HOME", "cache"),
-        ("HELM_CONFIG_HOME", "config"),
-        ("HELM_DATA_HOME", "data"),
-    ] {
-        cmd.env(var, t.home.path().join(dir));
-    }
-    cmd.output().expect("run helm")
-}
-
-fn kubectl(args: &[&str]) -> Output {
-    Command::new(&tools().kubectl)
-        .args(args)
-        .env("KUBECONFIG", stack().var("KUBECONFIG"))
-        .current_dir(&stack().root)
-        .output()
-        .expect("run kubectl")
-}
-
-#[track_caller]
-fn ok(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
-}
-
-/// Values as a file helm reads (JSON is YAML).
-fn values_file(values: &Value) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-    f.write_all(values.to_string().as_bytes()).unwrap();
-    f
-}
 
 /// Every object of a multi-document YAML stream.
 fn objects(yaml: &str) -> Vec<Value> {
@@ -591,23 +500,6 @@ fn the_charts_rbac_is_the_harness_least_privilege() {
             "a Lease Role in cronjob mode"
         );
     }
-}
-
-/// Installs the chart as release `release` in namespace `namespace`.
-fn install(release: &str, namespace: &str, values: &Value) {
-    let file = values_file(values);
-    let out = helm(&[
-        "install",
-        release,
-        chart_dir().to_str().unwrap(),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        "-f",
-        file.path().to_str().unwrap(),
-    ]);
-    let text = ok("helm install", &out);
-    assert!(text.contains("STATUS: deployed"), "{text}");
 }
 
 /// The config file the chart gave regcred: its ConfigMap's `config.yaml`, in a file.
@@ -1214,7 +1106,7 @@ async fn regcred_run_does_its_job_as_the_charts_service_account() {
 fn deploy_is_in_step_with_the_chart() {
     let out = Command::new(stack().root.join("scripts/render-deploy.sh"))
         .arg("--check")
-        .env("REGCRED_TEST_HELM", &tools().helm)
+        .env("REGCRED_TEST_HELM", stack().var("REGCRED_TEST_HELM"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

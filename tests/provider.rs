@@ -25,7 +25,24 @@ use serde_json::{Value, json};
 const API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
 const PRIVATE_IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/regcred/hello:1.0";
 const PUBLIC_IMAGE: &str = "public.ecr.aws/nginx/nginx:stable";
-const PUBLIC_PASSWORD: &str = "ecr-public-auth-token";
+const PRIVATE_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+/// Asserts `password` is a token the fake AWS issued for `account` ("public" for ECR
+/// Public) to a caller signing with `key`, and still valid; returns it.
+fn issued<'a>(password: &'a Value, account: &str, key: &str) -> &'a str {
+    let text = password.as_str().unwrap_or_else(|| panic!("no password: {password}"));
+    let info = stack()
+        .token_info(text)
+        .unwrap_or_else(|| panic!("a password the fake AWS never issued"));
+    assert_eq!(info.account, account, "the token's account");
+    assert_eq!(info.key, key, "the token's caller");
+    assert!(info.valid, "an expired token");
+    text
+}
+
+fn account() -> &'static str {
+    stack().var("REGCRED_TEST_ACCOUNT")
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -225,30 +242,26 @@ fn the_captured_kubelet_requests_are_served() {
     // Kubelet's own bytes, including a service-account request whose token must not matter
     // and must not be logged.
     let (env, key) = aws_env();
-    let password = stack().var("REGCRED_TEST_PASSWORD");
     let cases = [
-        (
-            "private.json",
-            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
-            password,
-        ),
-        ("public.json", "public.ecr.aws", PUBLIC_PASSWORD),
+        ("private.json", PRIVATE_HOST, account()),
+        ("public.json", "public.ecr.aws", "public"),
         (
             "port-tag-digest.json",
             "123456789012.dkr.ecr.us-east-1.amazonaws.com:443",
-            password,
+            account(),
         ),
         (
             "service-account.json",
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
-            password,
+            account(),
         ),
     ];
-    for (file, host, password) in cases {
+    for (file, host, account) in cases {
         let mut cmd = provider(&env, None);
         cmd.args(["--log-level", "trace"]);
         let out = call(cmd, &fixture(file));
         let v = response(&out);
+        let password = issued(&v["auth"][host]["password"], account, &key);
         assert_eq!(
             v["auth"],
             json!({host: {"username": "AWS", "password": password}}),
@@ -336,7 +349,6 @@ fn a_cached_second_call_makes_no_token_call() {
     let (env, key) = aws_env();
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("tokens");
-    let password = stack().var("REGCRED_TEST_PASSWORD");
     let first = response(&call(
         provider(&env, Some(&cache_dir)),
         &fixture("private.json"),
@@ -351,12 +363,8 @@ fn a_cached_second_call_makes_no_token_call() {
         1,
         "the second call used the cache"
     );
-    for v in [&first, &second] {
-        assert_eq!(
-            v["auth"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"],
-            password
-        );
-    }
+    let password = issued(&first["auth"][PRIVATE_HOST]["password"], account(), &key);
+    assert_eq!(second["auth"][PRIVATE_HOST]["password"], password, "the cached token");
     assert!(go_seconds(&second["cacheDuration"]) <= go_seconds(&first["cacheDuration"]));
     // Another region is another token; another identity does not see this one.
     response(&call(
@@ -412,7 +420,6 @@ fn concurrent_calls_share_one_fetch() {
     // A slow ECR makes the calls overlap.
     stack().set_aws_key(&key, &json!({"delay": 1}));
     let dir = tempfile::tempdir().unwrap();
-    let password = stack().var("REGCRED_TEST_PASSWORD");
     let request = fixture("private.json");
     let children: Vec<_> = (0..6)
         .map(|_| {
@@ -426,13 +433,14 @@ fn concurrent_calls_share_one_fetch() {
             child
         })
         .collect();
-    for child in children {
-        let v = response(&child.wait_with_output().unwrap());
-        assert_eq!(
-            v["auth"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"],
-            password
-        );
-    }
+    let passwords: BTreeSet<String> = children
+        .into_iter()
+        .map(|child| {
+            let v = response(&child.wait_with_output().unwrap());
+            issued(&v["auth"][PRIVATE_HOST]["password"], account(), &key).to_owned()
+        })
+        .collect();
+    assert_eq!(passwords.len(), 1, "all six answered with the one token fetched");
     assert_eq!(
         stack().token_calls(&key),
         1,
@@ -458,10 +466,7 @@ fn a_corrupt_cache_file_is_ignored_and_replaced() {
     std::fs::write(&file, b"{\"version\": 1, \"password\": tr").unwrap();
     let out = call(provider(&env, Some(dir.path())), &fixture("private.json"));
     let v = response(&out);
-    assert_eq!(
-        v["auth"]["123456789012.dkr.ecr.us-east-1.amazonaws.com"]["password"],
-        stack().var("REGCRED_TEST_PASSWORD")
-    );
+    issued(&v["auth"][PRIVATE_HOST]["password"], account(), &key);
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
     assert_eq!(stack().token_calls(&key), 2);
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -588,7 +593,6 @@ fn kubelets_plugin_manager_gets_private_and_public_credentials() {
     let (env, key) = aws_env();
     let dir = tempfile::tempdir().unwrap();
     let config = kubelet_config(dir.path(), &env, &dir.path().join("tokens"));
-    let password = stack().var("REGCRED_TEST_PASSWORD");
     let results = kubelet_lookup(
         &config,
         &[
@@ -600,11 +604,13 @@ fn kubelets_plugin_manager_gets_private_and_public_credentials() {
     );
     let auths = |i: usize| results[i]["auths"].clone();
     assert_eq!(results[0]["found"], true, "{results:?}");
+    let password = issued(&auths(0)[0]["password"], account(), &key).to_owned();
     assert_eq!(auths(0), json!([{"username": "AWS", "password": password}]));
     assert_eq!(results[1]["found"], true, "{results:?}");
+    let public = issued(&auths(1)[0]["password"], "public", &key).to_owned();
     assert_eq!(
         auths(1),
-        json!([{"username": "AWS", "password": PUBLIC_PASSWORD}])
+        json!([{"username": "AWS", "password": public}])
     );
     assert_eq!(results[2]["found"], false, "not matched, regcred not asked");
     assert_eq!(auths(3), auths(0), "same registry: kubelet's cache");

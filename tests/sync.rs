@@ -27,15 +27,26 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use serde_json::{Value, json};
 
 const REGISTRIES: &str = "regcred.io/registries";
-/// The password of moto's ECR token for its default account, and of the fake ECR Public.
-const PUBLIC_PASSWORD: &str = "ecr-public-auth-token";
 const PUBLIC_HOST: &str = "public.ecr.aws";
 /// A real ECR host of the stack's account and region: the same token source as the alias.
 const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const TIMEOUT: Duration = Duration::from_mins(2);
 
-fn private_password() -> String {
-    stack().var("REGCRED_TEST_PASSWORD").to_owned()
+/// Which token a secret's entry must hold: a password the fake AWS issued for the stack's
+/// account (private ECR) or for ECR Public, and still valid.
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    Private,
+    Public,
+}
+
+impl Token {
+    fn account(self) -> String {
+        match self {
+            Self::Private => stack().var("REGCRED_TEST_ACCOUNT").to_owned(),
+            Self::Public => "public".to_owned(),
+        }
+    }
 }
 
 fn auth_of(password: &str) -> String {
@@ -141,9 +152,9 @@ fn raw_data(s: &Secret) -> Vec<u8> {
         .clone()
 }
 
-/// Asserts a secret is regcred's, well formed, and serves exactly `hosts` with these
-/// passwords (plus the `kept` entries of other hosts, unchanged).
-fn assert_regcred_secret(s: &Secret, hosts: &[(&str, &str)], kept: &Value) {
+/// Asserts a secret is regcred's, well formed, and serves exactly `hosts` with valid tokens
+/// of these kinds (plus the `kept` entries of other hosts, unchanged).
+fn assert_regcred_secret(s: &Secret, hosts: &[(&str, Token)], kept: &Value) {
     let where_ = format!(
         "{}/{}",
         s.metadata.namespace.as_deref().unwrap_or_default(),
@@ -186,12 +197,17 @@ fn assert_regcred_secret(s: &Secret, hosts: &[(&str, &str)], kept: &Value) {
         "{where_}: hosts {:?}",
         auths.keys().collect::<Vec<_>>()
     );
-    for (host, password) in hosts {
+    for (host, token) in hosts {
         let entry = &auths
             .get(*host)
             .unwrap_or_else(|| panic!("{where_}: no entry for {host}"));
         assert_eq!(entry["username"], "AWS", "{where_}: {host} username");
-        assert_eq!(entry["password"], *password, "{where_}: {host} password");
+        let password = entry["password"].as_str().expect("a password");
+        let info = stack()
+            .token_info(password)
+            .unwrap_or_else(|| panic!("{where_}: {host}: a password the fake AWS never issued"));
+        assert_eq!(info.account, token.account(), "{where_}: {host} token's account");
+        assert!(info.valid, "{where_}: {host} token expired");
         assert_eq!(
             entry["auth"],
             auth_of(password).as_str(),
@@ -304,9 +320,12 @@ async fn two_hundred_namespaces_get_a_correct_secret_from_one_token_call() {
         },
         "exactly the 200 selected namespaces hold the secret"
     );
-    let password = private_password();
     for s in stored.values() {
-        assert_regcred_secret(s, &[(&alias, &password), (ECR_HOST, &password)], &json!({}));
+        assert_regcred_secret(
+            s,
+            &[(&alias, Token::Private), (ECR_HOST, Token::Private)],
+            &json!({}),
+        );
     }
     let first_bytes = raw_data(&stored[&names[0]]);
     assert!(
@@ -378,8 +397,8 @@ async fn skopeo_pulls_the_test_image_with_the_secret_regcred_wrote() {
     assert_regcred_secret(
         &s,
         &[
-            (&alias_host(), &private_password()),
-            (PUBLIC_HOST, PUBLIC_PASSWORD),
+            (&alias_host(), Token::Private),
+            (PUBLIC_HOST, Token::Public),
         ],
         &json!({}),
     );
@@ -478,8 +497,8 @@ async fn a_foreign_secret_is_left_alone_and_reported_and_adopt_merges_it() {
     assert_regcred_secret(
         &adopted,
         &[
-            (&alias, &private_password()),
-            (PUBLIC_HOST, PUBLIC_PASSWORD),
+            (&alias, Token::Private),
+            (PUBLIC_HOST, Token::Public),
         ],
         &json!({"ghcr.io": other}),
     );
@@ -570,7 +589,7 @@ async fn a_managed_secret_with_broken_content_is_repaired() {
         let repaired = secret(&admin, ns, &name).await;
         assert_regcred_secret(
             &repaired,
-            &[(&alias_host(), &private_password())],
+            &[(&alias_host(), Token::Private)],
             &json!({}),
         );
     }
@@ -770,28 +789,25 @@ async fn terminating_namespaces_are_skipped_without_error() {
     let (_d1, only_file) = config_file(&only);
     let (cmd, _) = sync(&who, &only_file, &[]);
     assert_exit(&run(cmd), 0);
-    let held = secret(&admin, &dying_with, &name).await;
+    // Another controller holds that secret with a finalizer, so it outlives the deletion
+    // of the namespace's content (the controller-manager deletes everything else).
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &dying_with);
+    let finalizers = |f: Value| Patch::Merge(json!({"metadata": {"finalizers": f}}));
+    secrets
+        .patch(&name, &PatchParams::default(), &finalizers(json!(["regcred.test/keep"])))
+        .await
+        .expect("add a finalizer");
 
-    // No controller-manager runs: a deleted namespace stays Terminating.
-    let namespaces = Api::<Namespace>::all(admin.clone());
-    for n in [&dying, &dying_with, &elsewhere] {
-        namespaces
-            .delete(n, &DeleteParams::default())
-            .await
-            .expect("delete namespace");
-    }
-    for n in [&dying, &dying_with, &elsewhere] {
-        let n = n.clone();
-        wait_for("the namespace to be Terminating", TIMEOUT, || {
-            let namespaces = namespaces.clone();
-            let n = n.clone();
-            async move {
-                let ns = namespaces.get_opt(&n).await.ok()??;
-                ns.metadata.deletion_timestamp.is_some().then_some(())
-            }
-        })
-        .await;
-    }
+    let _holds = [
+        hold_terminating(&admin, &dying).await,
+        hold_terminating(&admin, &dying_with).await,
+        hold_terminating(&admin, &elsewhere).await,
+    ];
+    let held = wait_for("the held secret to be marked for deletion", TIMEOUT, || async {
+        let s = secrets.get_opt(&name).await.ok()??;
+        s.metadata.deletion_timestamp.is_some().then_some(s)
+    })
+    .await;
 
     let (cmd, _) = sync(&who, &file, &[]);
     let out = run(cmd);
@@ -808,6 +824,10 @@ async fn terminating_namespaces_are_skipped_without_error() {
         rv(&held),
         "left as it is"
     );
+    secrets
+        .patch(&name, &PatchParams::default(), &finalizers(Value::Null))
+        .await
+        .expect("remove the finalizer");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -941,8 +961,8 @@ async fn when_aws_fails_no_secret_changes_and_sync_exits_1() {
     assert_regcred_secret(
         &renewed,
         &[
-            (&alias_host(), &private_password()),
-            (PUBLIC_HOST, PUBLIC_PASSWORD),
+            (&alias_host(), Token::Private),
+            (PUBLIC_HOST, Token::Public),
         ],
         &json!({}),
     );
@@ -1176,16 +1196,18 @@ fn invalid_configuration_exits_2_naming_the_field_before_any_request() {
 // ---------------------------------------------------------------------------------------
 // Secrets never reach the logs, even at trace level.
 
-/// Every form of a secret value that must never be printed.
-fn forbidden(extra: &[String]) -> Vec<String> {
-    let private = private_password();
-    let mut v = vec![
-        private.clone(),
-        auth_of(&private),
-        PUBLIC_PASSWORD.to_owned(),
-        auth_of(PUBLIC_PASSWORD),
-    ];
-    v.extend(extra.iter().cloned());
+/// Every form of the values in these pull secrets that must never be printed: each
+/// password, each `auth`, and the whole document as stored (base64).
+fn forbidden(secrets: &[Secret], extra: &[String]) -> Vec<String> {
+    let mut v = extra.to_vec();
+    for s in secrets {
+        v.push(BASE64.encode(raw_data(s)));
+        for entry in dockerconfig(s)["auths"].as_object().expect("auths").values() {
+            for field in ["password", "auth"] {
+                v.push(entry[field].as_str().expect(field).to_owned());
+            }
+        }
+    }
     v
 }
 
@@ -1234,6 +1256,7 @@ async fn trace_run(how: &str) {
     // stored secret, fetches new tokens (with another lifetime, so the secret differs) and
     // writes it again: every path a secret takes.
     let mut outputs = Vec::new();
+    let mut written = Vec::new();
     for (pass, ttl) in [60, 600].into_iter().enumerate() {
         let (mut cmd, key) = sync(&who, &file, &[]);
         traced(&mut cmd);
@@ -1251,11 +1274,10 @@ async fn trace_run(how: &str) {
             "{how}: trace logging is on"
         );
         outputs.push(out);
+        // Each pass wrote new tokens: every one of them must stay out of every log.
+        written.push(secret(&admin, &ns, &name).await);
     }
-    let written = secret(&admin, &ns, &name).await;
-    let data = raw_data(&written);
-    let extra = [BASE64.encode(&data), token];
-    let forbidden = forbidden(&extra);
+    let forbidden = forbidden(&written, &[token]);
     for (pass, out) in outputs.iter().enumerate() {
         assert_no_secrets(out, &forbidden, &format!("{how}=trace, pass {pass}"));
     }

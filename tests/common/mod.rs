@@ -2,6 +2,12 @@
 //! namespace per test, and ServiceAccount identities with exactly the RBAC a test gives.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+pub mod helm;
+pub mod image;
+pub mod pods;
+pub mod race;
+pub mod rotation;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -91,6 +97,30 @@ impl Stack {
                 .unwrap_or(0)
     }
 
+    /// A registry password for `account`, as a token call would give, valid for `ttl`
+    /// (`"60s"`; zero or negative: already expired).
+    pub fn registry_token(&self, account: &str, ttl: &str) -> String {
+        let body = http(
+            "POST",
+            &format!("{}/registry-tokens", self.var("REGCRED_TEST_CONTROL")),
+            Some(&serde_json::json!({"account": account, "ttl": ttl}).to_string()),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+        v["password"].as_str().expect("password").to_owned()
+    }
+
+    /// What the fake AWS knows of a registry password it issued, or `None` if it never did.
+    pub fn token_info(&self, password: &str) -> Option<TokenInfo> {
+        let url = format!("{}/registry-tokens/lookup", self.var("REGCRED_TEST_CONTROL"));
+        let body = serde_json::json!({"password": password}).to_string();
+        let (code, text) = http_status("POST", &url, Some(&body));
+        match code {
+            200 => Some(serde_json::from_str(&text).expect("token info JSON")),
+            404 => None,
+            _ => panic!("POST {url}: {code} {text}"),
+        }
+    }
+
     /// Per-access-key behaviour of the fake AWS (`{"ttl": 30, "fail": true, ...}`).
     pub fn set_aws_key(&self, key: &str, settings: &serde_json::Value) {
         http(
@@ -110,8 +140,27 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
-/// A minimal HTTP/1.0 exchange with the fake AWS control API on loopback.
+/// A registry password the fake AWS issued: for which account (`"public"` for ECR Public),
+/// until when, signed by which access key, and whether it is still valid.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub account: String,
+    pub expires_at: f64,
+    pub key: String,
+    pub valid: bool,
+}
+
+/// A minimal HTTP/1.0 exchange with the fake AWS control API on loopback; panics unless
+/// the answer is 2xx.
 pub fn http(method: &str, url: &str, body: Option<&str>) -> String {
+    let (code, text) = http_status(method, url, body);
+    assert!((200..300).contains(&code), "{method} {url}: {code} {text}");
+    text
+}
+
+/// The same exchange: status code and body, whatever the status.
+pub fn http_status(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest
         .split_once('/')
@@ -130,11 +179,12 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.0 2") || head.starts_with("HTTP/1.1 2"),
-        "{method} {url}: {head}"
-    );
-    body.to_owned()
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {url}: no status in {head:?}"));
+    (code, body.to_owned())
 }
 
 /// A name no other test (or earlier run) uses.
@@ -198,10 +248,90 @@ pub async fn create_service_account(
         }),
         ..ServiceAccount::default()
     };
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &sa)
+    // The controller-manager makes every namespace's "default" ServiceAccount, maybe first:
+    // then it gets exactly these pull secrets.
+    let api = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), &sa).await {
+        Ok(created) => return created,
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create serviceaccount {namespace}/{name}: {e}"),
+    }
+    loop {
+        let mut current = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get serviceaccount {namespace}/{name}: {e}"));
+        current.image_pull_secrets.clone_from(&sa.image_pull_secrets);
+        match api.replace(name, &PostParams::default(), &current).await {
+            Ok(replaced) => return replaced,
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("update serviceaccount {namespace}/{name}: {e}"),
+        }
+    }
+}
+
+/// Deletes `namespace` and holds it Terminating (a ConfigMap in it keeps a finalizer, as
+/// a stuck controller's object would) until the returned guard is dropped. The
+/// controller-manager deletes everything else in it meanwhile.
+pub async fn hold_terminating(client: &kube::Client, namespace: &str) -> TerminatingHold {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let held = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("held".into()),
+            finalizers: Some(vec![HOLD_FINALIZER.into()]),
+            ..ObjectMeta::default()
+        },
+        ..ConfigMap::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &held)
         .await
-        .unwrap_or_else(|e| panic!("create serviceaccount {namespace}/{name}: {e}"))
+        .unwrap_or_else(|e| panic!("create the held ConfigMap in {namespace}: {e}"));
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces
+        .delete(namespace, &kube::api::DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete namespace {namespace}: {e}"));
+    wait_for(
+        "the namespace to be Terminating",
+        Duration::from_mins(1),
+        || async {
+            let ns = namespaces.get_opt(namespace).await.ok()??;
+            (phase(&ns) == "Terminating").then_some(())
+        },
+    )
+    .await;
+    TerminatingHold {
+        kubeconfig: PathBuf::from(stack().var("KUBECONFIG")),
+        namespace: namespace.to_owned(),
+    }
+}
+
+const HOLD_FINALIZER: &str = "regcred.test/hold";
+
+fn phase(ns: &Namespace) -> String {
+    ns.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+/// A namespace held Terminating by [`hold_terminating`]; dropping it lets the deletion finish.
+#[derive(Debug)]
+pub struct TerminatingHold {
+    kubeconfig: PathBuf,
+    namespace: String,
+}
+
+impl Drop for TerminatingHold {
+    fn drop(&mut self) {
+        let patch = r#"{"metadata":{"finalizers":null}}"#;
+        let _ = Command::new(stack().var("REGCRED_TEST_KUBECTL"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["-n", &self.namespace, "patch", "configmap", "held", "--type=merge", "-p"])
+            .arg(patch)
+            .output();
+    }
 }
 
 fn rule(
@@ -536,6 +666,11 @@ pub fn managed_secret_problem(
 
 /// Pulls the stack's test image with skopeo using this authfile; returns skopeo's output.
 pub fn skopeo_pull(authfile: &Path) -> Output {
+    skopeo_pull_from(authfile, stack().var("REGCRED_TEST_IMAGE"))
+}
+
+/// Pulls `image` (`host/path:tag`) with skopeo using this authfile; returns skopeo's output.
+pub fn skopeo_pull_from(authfile: &Path, image: &str) -> Output {
     let s = stack();
     let dest = tempfile::tempdir().unwrap();
     Command::new("skopeo")
@@ -547,7 +682,7 @@ pub fn skopeo_pull(authfile: &Path) -> Output {
         ])
         .arg(authfile)
         .args(["--src-cert-dir", s.var("REGCRED_TEST_CERT_DIR")])
-        .arg(format!("docker://{}", s.var("REGCRED_TEST_IMAGE")))
+        .arg(format!("docker://{image}"))
         .arg(format!("dir:{}", dest.path().display()))
         .output()
         .expect("run skopeo")

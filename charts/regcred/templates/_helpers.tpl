@@ -100,6 +100,10 @@ serviceAccountName: {{ include "regcred.serviceAccountName" $root }}
 # The API token is mounted below, into the regcred container only, and nowhere else.
 automountServiceAccountToken: false
 enableServiceLinks: false
+{{- if $root.Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
 {{- with $root.Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
@@ -131,6 +135,13 @@ containers:
             fieldPath: metadata.name
       - name: REGCRED_LEASE_NAME
         value: {{ $root.Values.leaderElection.leaseName | quote }}
+      {{- end }}
+      {{- with $root.Values.apiServer.host }}
+      # The API server's address instead of the kubernetes Service's.
+      - name: KUBERNETES_SERVICE_HOST
+        value: {{ . | quote }}
+      - name: KUBERNETES_SERVICE_PORT
+        value: {{ $root.Values.apiServer.port | toString | quote }}
       {{- end }}
       {{- with $root.Values.aws.region }}
       - name: AWS_REGION
@@ -254,4 +265,16 @@ annotations:
   {{- with .Values.podAnnotations }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* A probe as configured; on host network an httpGet probe asks 127.0.0.1 unless it
+     names a host: the same listener, without depending on the node's address. */}}
+{{- define "regcred.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if and .root.Values.hostNetwork $probe.httpGet }}
+{{- if not $probe.httpGet.host }}
+{{- $_ := set $probe.httpGet "host" "127.0.0.1" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
