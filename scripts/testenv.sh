@@ -250,6 +250,7 @@ EOF
       while read -r k v; do printf 'export %s=%s\n' "$k" "$v"; done <<EOF
 REGCRED_TEST_NODE $NODE_NAME
 REGCRED_TEST_NODE_AWS_KEY $NODE_AWS_KEY
+REGCRED_TEST_NODE_TOKEN_TTL $NODE_TOKEN_TTL
 REGCRED_TEST_NODE_STATE $NODE
 REGCRED_TEST_CONTAINERD $NODE/containerd.sock
 EOF
@@ -424,7 +425,13 @@ up() {
     [ "$name" = containerd ] && node_images
   done
   push_image
-  if node_enabled; then wait_node_ready; fi
+  if node_enabled; then
+    # The kubelet's credential provider gets short-lived tokens, so tests of the node see
+    # them expire (and no long-lived one lingers in the kubelet's cache).
+    curl -sf -X PUT "http://127.0.0.1:$AWS_PORT/_regcred/keys/$NODE_AWS_KEY" \
+      -d "{\"ttl\": \"$NODE_TOKEN_TTL\"}" >/dev/null || die "could not set the node's token lifetime"
+    wait_node_ready
+  fi
   write_env
   log "up; env: $STATE/env"
 }

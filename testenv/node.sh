@@ -27,6 +27,7 @@ PAUSE_IMAGE=regcred.test/pause:1
 # The access key id the kubelet's credential provider (regcred) signs with: tests set its
 # token lifetime and count its calls at the fake AWS.
 NODE_AWS_KEY=AKIAREGCREDNODE
+NODE_TOKEN_TTL=${REGCRED_TEST_NODE_TOKEN_TTL:-90s}
 # ECR-shaped hosts that containerd maps onto the registry fronts (hosts.toml): images named
 # by them are what the kubelet asks the credential provider about.
 ECR_HOST_A=$ACCOUNT.dkr.ecr.us-east-1.amazonaws.com

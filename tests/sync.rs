@@ -153,8 +153,19 @@ fn raw_data(s: &Secret) -> Vec<u8> {
 }
 
 /// Asserts a secret is regcred's, well formed, and serves exactly `hosts` with valid tokens
-/// of these kinds (plus the `kept` entries of other hosts, unchanged).
+/// of these kinds from the stack's fake AWS (plus the `kept` entries of other hosts,
+/// unchanged).
 fn assert_regcred_secret(s: &Secret, hosts: &[(&str, Token)], kept: &Value) {
+    assert_regcred_secret_from(s, hosts, kept, |p| stack().token_info(p));
+}
+
+/// The same, with tokens from the fake AWS `lookup` asks.
+fn assert_regcred_secret_from(
+    s: &Secret,
+    hosts: &[(&str, Token)],
+    kept: &Value,
+    lookup: impl Fn(&str) -> Option<TokenInfo>,
+) {
     let where_ = format!(
         "{}/{}",
         s.metadata.namespace.as_deref().unwrap_or_default(),
@@ -203,8 +214,7 @@ fn assert_regcred_secret(s: &Secret, hosts: &[(&str, Token)], kept: &Value) {
             .unwrap_or_else(|| panic!("{where_}: no entry for {host}"));
         assert_eq!(entry["username"], "AWS", "{where_}: {host} username");
         let password = entry["password"].as_str().expect("a password");
-        let info = stack()
-            .token_info(password)
+        let info = lookup(password)
             .unwrap_or_else(|| panic!("{where_}: {host}: a password the fake AWS never issued"));
         assert_eq!(info.account, token.account(), "{where_}: {host} token's account");
         assert!(info.valid, "{where_}: {host} token expired");
@@ -958,13 +968,14 @@ async fn when_aws_fails_no_secret_changes_and_sync_exits_1() {
     );
     let renewed = secret(&admin, &ns, &name).await;
     assert_ne!(rv(&renewed), rv(&good));
-    assert_regcred_secret(
+    assert_regcred_secret_from(
         &renewed,
         &[
             (&alias_host(), Token::Private),
             (PUBLIC_HOST, Token::Public),
         ],
         &json!({}),
+        |p| aws.token_info(p),
     );
 }
 

@@ -111,14 +111,7 @@ impl Stack {
 
     /// What the fake AWS knows of a registry password it issued, or `None` if it never did.
     pub fn token_info(&self, password: &str) -> Option<TokenInfo> {
-        let url = format!("{}/registry-tokens/lookup", self.var("REGCRED_TEST_CONTROL"));
-        let body = serde_json::json!({"password": password}).to_string();
-        let (code, text) = http_status("POST", &url, Some(&body));
-        match code {
-            200 => Some(serde_json::from_str(&text).expect("token info JSON")),
-            404 => None,
-            _ => panic!("POST {url}: {code} {text}"),
-        }
+        token_info_at(self.var("REGCRED_TEST_CONTROL"), password)
     }
 
     /// Per-access-key behaviour of the fake AWS (`{"ttl": 30, "fail": true, ...}`).
@@ -138,6 +131,18 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
         .await
         .expect("kubeconfig");
     kube::Client::try_from(config).expect("client")
+}
+
+/// What the fake AWS whose control API is at `control` knows of a registry password.
+fn token_info_at(control: &str, password: &str) -> Option<TokenInfo> {
+    let url = format!("{control}/registry-tokens/lookup");
+    let body = serde_json::json!({"password": password}).to_string();
+    let (code, text) = http_status("POST", &url, Some(&body));
+    match code {
+        200 => Some(serde_json::from_str(&text).expect("token info JSON")),
+        404 => None,
+        _ => panic!("POST {url}: {code} {text}"),
+    }
 }
 
 /// A registry password the fake AWS issued: for which account (`"public"` for ECR Public),
@@ -785,6 +790,11 @@ impl FakeAws {
             None,
         ))
         .unwrap()
+    }
+
+    /// What this instance knows of a registry password it issued (see [`Stack::token_info`]).
+    pub fn token_info(&self, password: &str) -> Option<TokenInfo> {
+        token_info_at(&format!("{}/_regcred", self.endpoint()), password)
     }
 }
 
