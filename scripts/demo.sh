@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# `make demo`: regcred's main job on the local stack (real kube-apiserver, moto as AWS, a
-# real registry), seen from outside: namespaces fill with pull secrets, skopeo pulls with one.
+# `make demo`: regcred's main job on the local stack (a real cluster with a kubelet node,
+# moto as AWS, a real registry whose tokens expire), seen from outside: namespaces fill with
+# pull secrets, skopeo pulls with one, and a pod on the node pulls the private image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-step "Start the local stack (kube-apiserver + etcd, moto, registry)"
+step "Start the local stack (etcd, kube-apiserver, controller-manager, scheduler, a kubelet node; moto; registry)"
 scripts/testenv.sh up
 # shellcheck disable=SC1091
 source .testenv/env
+kubectl() { "$REGCRED_TEST_KUBECTL" "$@"; } # the stack's own build, whatever is on PATH
 
 step "Build regcred"
 cargo build --quiet
@@ -21,9 +23,13 @@ mkdir -p "$DEMO"
 step "Namespaces: three for the demo team, plus kube-system (excluded by default)"
 for ns in demo-a demo-b demo-c; do
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl -n "$ns" create serviceaccount default --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+done
+# The controller-manager gives each namespace its "default" ServiceAccount.
+for ns in demo-a demo-b demo-c; do
+  until kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
 done
 run kubectl get namespaces
+run kubectl get nodes
 
 cat > "$DEMO/regcred.yaml" <<YAML
 secrets:
@@ -82,6 +88,15 @@ echo "deleted secret in demo-c is back"
 show_secrets
 step "Its metrics"
 curl -s 127.0.0.1:18080/metrics | grep -E '^regcred_(leader|namespaces_selected|secret_writes_total|token_refreshes_total)'
+
+step "A pod on the node pulls the private image: no pull secret in its spec, the ServiceAccount regcred patched supplies it"
+kubectl -n demo-a delete pod hello --ignore-not-found --grace-period=0 >/dev/null
+run kubectl -n demo-a run hello --image="$REGCRED_TEST_IMAGE" --image-pull-policy=Always --restart=Never \
+  --overrides='{"spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 0}}' \
+  --command -- /bin/busybox sleep 3600
+run kubectl -n demo-a wait pod/hello --for=condition=Ready --timeout=120s
+run kubectl -n demo-a get pod hello -o custom-columns='NAME:.metadata.name,STATUS:.status.phase,NODE:.spec.nodeName,IMAGE:.spec.containers[0].image,PULL-SECRETS:.spec.imagePullSecrets[*].name'
+kubectl -n demo-a get events --field-selector involvedObject.name=hello -o custom-columns='REASON:.reason,MESSAGE:.message' | grep -E 'REASON|Pull'
 kill -TERM $RUN_PID; wait $RUN_PID || true
 trap - EXIT
 kubectl delete namespace "$NEW" --wait=false >/dev/null

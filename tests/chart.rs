@@ -537,6 +537,9 @@ async fn install_for_test(mode: &str, service_accounts: &[&str]) -> Installed {
         &release,
         &json!({
             "mode": mode,
+            // These tests check what the chart grants, acting as its ServiceAccount; its
+            // pods need not run (the cluster suite runs them on the node).
+            "nodeSelector": {"regcred.test/run-here": "never"},
             "config": {"secrets": [{
                 "name": secret,
                 "registries": [stack_registry(), "public.ecr.aws"],
@@ -1188,4 +1191,9 @@ fn kubectl_apply_k_deploy_applies_the_charts_default_render() {
     );
     let pod = |o: &Value| o["spec"]["template"]["spec"]["containers"][0]["args"].clone();
     assert_eq!(pod(&live[&deployment]), pod(&expected[&deployment]));
+    // Its pods would pull an image nobody built: remove it again.
+    ok(
+        "kubectl delete -k deploy/",
+        &kubectl(&["delete", "-k", "deploy/", "--wait=false"]),
+    );
 }

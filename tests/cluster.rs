@@ -192,17 +192,24 @@ fn settings() -> Settings {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_keep_pulling_across_token_expiry_with_regcred_and_not_with_the_cron_script() {
     node();
     let s = settings();
+    tokio::task::spawn_blocking(common::image::on_the_node)
+        .await
+        .unwrap();
     // All four at once, on the one node: each has its own namespaces and its own AWS key
     // (the kubelet plugin has the node's), so their tokens expire on their own clocks.
-    let ((controller, late), cronjob, provider, script) = tokio::join!(
-        controller(s),
-        cronjob(s),
-        credential_provider(s),
-        baseline(s, s.ttl * 3 / 2),
+    let controller = tokio::spawn(controller(s));
+    let cronjob = tokio::spawn(cronjob(s));
+    let provider = tokio::spawn(credential_provider(s));
+    let script = tokio::spawn(baseline(s, s.ttl * 3 / 2));
+    let (controller, late) = controller.await.unwrap();
+    let (cronjob, provider, script) = (
+        cronjob.await.unwrap(),
+        provider.await.unwrap(),
+        script.await.unwrap(),
     );
     let report: Vec<String> = [&controller, &cronjob, &provider, &script]
         .iter()
@@ -227,9 +234,12 @@ async fn pods_keep_pulling_across_token_expiry_with_regcred_and_not_with_the_cro
     assert!(script.events > 0, "{}", script.line());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn race_of_one_apply_namespace_serviceaccount_deployment_is_measured() {
     node();
+    tokio::task::spawn_blocking(common::image::on_the_node)
+        .await
+        .unwrap();
     let tries = 10;
     let race = common::race::race(tries, &json!({})).await;
     eprintln!(

@@ -6,7 +6,9 @@
 //! Settings (environment): `NAMESPACES` (default 1000), `BASELINE_SAMPLE` (namespaces the
 //! baseline is timed over, default 200; when below `NAMESPACES` its figures are
 //! extrapolated and labelled so), `BENCH_IDLE_SECS` (default 120), `BENCH_STEADY_SECS`
-//! (default 30), `BENCH_PROVIDER_CALLS` (default 50).
+//! (default 30), `BENCH_PROVIDER_CALLS` (default 50), `BENCH_PODS` (1: the pod-level table
+//! on the stack's node, default; 0: skip it), `BENCH_POD_TTL` (seconds, default 90),
+//! `BENCH_POD_LIFETIMES` (default 5), `BENCH_RACE_TRIES` (default 20).
 #![allow(clippy::print_stdout, clippy::print_stderr)] // A benchmark reports on the terminal.
 #![allow(clippy::cast_precision_loss)] // Counts far below 2^52.
 
@@ -29,7 +31,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 
-use report::{Baseline, Memory, Provider, Results, Rotation};
+use report::{Baseline, Memory, Pods, Provider, Results, Rotation};
 use tools::{Poller, ProcStats, SecretWatch, audit_requests, percentiles, proc_stats};
 
 const SECRET: &str = "regcred";
@@ -203,6 +205,9 @@ async fn main() {
     measure_run(&bench, idle, steady, &mut results).await;
     results.memory_5n = Some(measure_5n(&bench, steady).await);
     results.provider = Some(measure_provider(provider_calls));
+    if setting("BENCH_PODS", 1) == 1 {
+        results.pods = Some(measure_pods(t0).await);
+    }
 
     let table = results.render();
     println!("\n{table}");
@@ -512,5 +517,50 @@ fn measure_provider(calls: usize) -> Provider {
         warm_token_calls: warm_calls,
         uncached: percentiles(cold),
         uncached_token_calls: cold_calls,
+    }
+}
+
+/// Pods on the stack's node across token expiry: regcred's controller, CronJob and kubelet
+/// plugin against the usual cron script, at once (the scenarios `tests/cluster.rs` asserts
+/// on); then the one-apply race.
+async fn measure_pods(t0: Instant) -> Pods {
+    use common::rotation::{Settings, baseline, controller, credential_provider, cronjob};
+    common::pods::node();
+    let settings = Settings {
+        ttl: Duration::from_secs(setting("BENCH_POD_TTL", 90)),
+        lifetimes: u32::try_from(setting("BENCH_POD_LIFETIMES", 5)).unwrap(),
+        every: Duration::from_secs(6),
+    };
+    say(t0, "building regcred's image for the node");
+    tokio::task::spawn_blocking(common::image::on_the_node)
+        .await
+        .unwrap();
+    say(
+        t0,
+        &format!(
+            "pods on the node for {:?}: controller, CronJob, kubelet plugin, cron script",
+            settings.during()
+        ),
+    );
+    let ctl = tokio::spawn(controller(settings));
+    let cron = tokio::spawn(cronjob(settings));
+    let plugin = tokio::spawn(credential_provider(settings));
+    let script = tokio::spawn(baseline(settings, settings.ttl * 3 / 2));
+    let mut outcomes = vec![ctl.await.unwrap().0];
+    for task in [cron, plugin, script] {
+        outcomes.push(task.await.unwrap());
+    }
+    for o in &outcomes {
+        say(t0, &o.line());
+    }
+    let tries = usize::try_from(setting("BENCH_RACE_TRIES", 20)).unwrap();
+    say(t0, &format!("the one-apply race, {tries} times"));
+    let race = common::race::race(tries, &json!({})).await;
+    Pods {
+        ttl: settings.ttl,
+        lifetimes: settings.lifetimes,
+        every: settings.every,
+        outcomes,
+        race,
     }
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::common::race::Race;
+use crate::common::rotation::Outcome;
 use crate::tools::{Percentiles, PollStats, ProcStats, Requests};
 
 #[derive(Debug, Default)]
@@ -48,6 +50,17 @@ pub struct Provider {
     pub uncached_token_calls: u64,
 }
 
+/// Pods pulling on the stack's node across token expiry, one row per way of keeping
+/// credentials, and the one-apply race.
+#[derive(Debug)]
+pub struct Pods {
+    pub ttl: Duration,
+    pub lifetimes: u32,
+    pub every: Duration,
+    pub outcomes: Vec<Outcome>,
+    pub race: Race,
+}
+
 #[derive(Debug, Default)]
 pub struct Results {
     pub machine: BTreeMap<&'static str, String>,
@@ -62,6 +75,7 @@ pub struct Results {
     pub memory_n: Option<Memory>,
     pub memory_5n: Option<Memory>,
     pub provider: Option<Provider>,
+    pub pods: Option<Pods>,
 }
 
 fn secs(d: Duration) -> String {
@@ -261,6 +275,59 @@ impl Results {
                 met(p.warm.p50 <= Duration::from_millis(20)),
             );
         }
+        if let Some(p) = &self.pods {
+            out.push_str(&p.render());
+        }
+        out
+    }
+}
+
+impl Pods {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n### Pods on a real node across token expiry\n\n\
+             The stack's kubelet (v1.36.3, containerd 1.6) pulls `imagePullPolicy: Always` pods from the private \
+             registry, which refuses a token once it expires (as ECR does). Tokens live {}; pods are created \
+             every {} for {} lifetimes ({}), all four ways at once, each in its own namespaces with its own AWS \
+             key. A pull failed = the pod reached `ErrImagePull`/`ImagePullBackOff`; events = the kubelet's \
+             `Failed`/`BackOff` pull Events in those namespaces.\n",
+            secs(self.ttl),
+            secs(self.every),
+            self.lifetimes,
+            secs(self.ttl * self.lifetimes),
+        );
+        let _ = writeln!(
+            out,
+            "| how credentials are kept | pulls attempted | pulls failed | pull-failure events | token calls |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for o in &self.outcomes {
+            let t = &o.tally;
+            let _ = writeln!(
+                out,
+                "| {} | {} | **{}**{} | {} | {} |",
+                o.mode,
+                t.attempted,
+                t.failed,
+                if t.undecided > 0 {
+                    format!(" (+{} undecided)", t.undecided)
+                } else {
+                    String::new()
+                },
+                o.events,
+                o.token_calls
+            );
+        }
+        let r = &self.race;
+        let _ = writeln!(
+            out,
+            "\nOne `kubectl apply` of a new Namespace, a ServiceAccount listed in `serviceAccounts` and a Deployment \
+             using it, {} times, with the controller running: **{} of {}** pods were created without the pull \
+             secret ({} pulls failed).",
+            r.tries, r.without_secret, r.tries, r.pull_failed
+        );
         out
     }
 }

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use super::helm::{kubectl, ok};
 use super::pods::{Pull, pull_state};
-use super::rotation::{Release, SECRET, Settings, aws_key, node_values};
+use super::rotation::{Release, Settings, aws_key, node_values};
+
+const SECRET: &str = "pull-race";
 use super::{stack, unique, wait_for};
 
 /// How the tries ended.
@@ -60,7 +62,7 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
         every: Duration::from_secs(1),
     };
     let key = aws_key("AKIARACE", &settings);
-    let mut values = node_values("controller", &format!("{prefix}-*"), &["default", "app"]);
+    let mut values = node_values("controller", SECRET, &format!("{prefix}-*"), &["default", "app"]);
     json_merge(&mut values, extra);
     let release = Release::install(&admin, "regcred-race", &key, &values).await;
     release.wait_available(&admin, Duration::from_mins(3)).await;

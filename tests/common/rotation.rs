@@ -2,7 +2,8 @@
 //! way of keeping credentials per scenario: regcred's controller and CronJob installed by
 //! the chart from regcred's image, the kubelet asking regcred as its credential provider,
 //! and the usual delete-and-create cron script. `tests/cluster.rs` asserts on the
-//! outcomes; `make bench` puts them side by side.
+//! outcomes; `make bench` puts them side by side. Scenarios block on helm and scripts with
+//! `block_in_place`: run them as tasks of a multi-thread runtime.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +20,9 @@ use super::helm::{helm, install};
 use super::pods::{Tally, app_pod, pull_failure_events, stream_pods};
 use super::{create_namespace, free_port, stack, stderr, unique, wait_for};
 
-/// The pull secret every scenario writes.
+/// The pull secret the cron script writes. regcred's scenarios each write their own name:
+/// an install deletes the secrets of its name it no longer selects, so two installs that
+/// share a name and split the namespaces undo each other's work.
 pub const SECRET: &str = "regcred";
 
 /// How long tokens live and how long pods are streamed.
@@ -90,17 +93,23 @@ pub async fn namespaces(admin: &kube::Client, prefix: &str, n: usize) -> Vec<Str
     names
 }
 
-/// Waits until `namespace`'s `service_account` lists the pull secret (regcred patched it).
-async fn wait_patched(admin: &kube::Client, namespace: &str, service_account: &str, timeout: Duration) {
+/// Waits until `namespace`'s `service_account` lists `secret` (regcred patched it).
+pub async fn wait_patched(
+    admin: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+    secret: &str,
+    timeout: Duration,
+) {
     let sas = Api::<ServiceAccount>::namespaced(admin.clone(), namespace);
     wait_for(
-        &format!("{namespace}/{service_account} to list {SECRET}"),
+        &format!("{namespace}/{service_account} to list {secret}"),
         timeout,
         || async {
             let sa = sas.get_opt(service_account).await.ok()??;
             sa.image_pull_secrets?
                 .iter()
-                .any(|r| r.name == SECRET)
+                .any(|r| r.name == secret)
                 .then_some(())
         },
     )
@@ -119,7 +128,7 @@ fn private_image() -> String {
 
 /// Chart values that run regcred's image on the stack's node, as a user of a cluster
 /// without kube-proxy would set them, with AWS keys from `aws-keys` and the fake AWS.
-pub fn node_values(mode: &str, include: &str, service_accounts: &[&str]) -> Value {
+pub fn node_values(mode: &str, secret: &str, include: &str, service_accounts: &[&str]) -> Value {
     let s = stack();
     let image = super::image::on_the_node();
     let (repository, tag) = image.rsplit_once(':').unwrap();
@@ -139,7 +148,7 @@ pub fn node_values(mode: &str, include: &str, service_accounts: &[&str]) -> Valu
             {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"},
         ],
         "config": {"secrets": [{
-            "name": SECRET,
+            "name": secret,
             "registries": [alias()],
             "namespaces": {"include": [include]},
             "serviceAccounts": service_accounts,
@@ -177,7 +186,7 @@ impl Release {
             .create(&PostParams::default(), &keys)
             .await
             .expect("create aws-keys");
-        install(&name, &name, values);
+        tokio::task::block_in_place(|| install(&name, &name, values));
         Self {
             name,
             key: key.to_owned(),
@@ -192,6 +201,20 @@ impl Release {
             (d.status?.ready_replicas? >= 1).then_some(())
         })
         .await;
+    }
+
+    /// Waits until regcred's pod holds the Lease (it leads), and returns the pod's name.
+    pub async fn wait_leading(&self, admin: &kube::Client, timeout: Duration) -> String {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::api::core::v1::Pod;
+        let leases = Api::<Lease>::namespaced(admin.clone(), &self.name);
+        let pods = Api::<Pod>::namespaced(admin.clone(), &self.name);
+        wait_for("regcred's pod to hold the Lease", timeout, || async {
+            let holder = leases.get_opt("regcred").await.ok()??.spec?.holder_identity?;
+            let pod = pods.get_opt(&holder).await.ok()??;
+            (pod.spec?.node_name? == super::pods::node()).then_some(holder)
+        })
+        .await
     }
 
     /// Waits until a Job of the release succeeded (the chart's install-time sync).
@@ -248,11 +271,13 @@ pub async fn controller(settings: Settings) -> (Outcome, Vec<String>) {
     let prefix = unique("rot-ctl");
     let key = aws_key("AKIAROTCTL", &settings);
     let mut names = namespaces(&admin, &prefix, 2).await;
-    let values = node_values("controller", &format!("{prefix}-*"), &["default"]);
+    let secret = "pull-ctl";
+    let values = node_values("controller", secret, &format!("{prefix}-*"), &["default"]);
     let release = Release::install(&admin, "regcred-ctl", &key, &values).await;
     release.wait_available(&admin, Duration::from_mins(3)).await;
+    release.wait_leading(&admin, Duration::from_mins(1)).await;
     for ns in &names {
-        wait_patched(&admin, ns, "default", Duration::from_mins(1)).await;
+        wait_patched(&admin, ns, "default", secret, Duration::from_mins(1)).await;
     }
     let shared = Arc::new(Mutex::new(names.clone()));
     let later = format!("{prefix}-late");
@@ -263,7 +288,7 @@ pub async fn controller(settings: Settings) -> (Outcome, Vec<String>) {
             tokio::time::sleep(wait).await;
             create_namespace(&admin, &later, &[]).await;
             // No manual step: the controller-manager makes `default`, regcred patches it.
-            wait_patched(&admin, &later, "default", Duration::from_secs(30)).await;
+            wait_patched(&admin, &later, "default", secret, Duration::from_secs(30)).await;
             shared.lock().unwrap().push(later);
         })
     };
@@ -288,12 +313,13 @@ pub async fn cronjob(settings: Settings) -> Outcome {
     let prefix = unique("rot-cron");
     let key = aws_key("AKIAROTCRON", &settings);
     let names = namespaces(&admin, &prefix, 2).await;
-    let mut values = node_values("cronjob", &format!("{prefix}-*"), &["default"]);
+    let secret = "pull-cron";
+    let mut values = node_values("cronjob", secret, &format!("{prefix}-*"), &["default"]);
     values["cronjob"] = json!({"schedule": "* * * * *", "successfulJobsHistoryLimit": 1});
     let release = Release::install(&admin, "regcred-cron", &key, &values).await;
     release.wait_job_succeeded(&admin, Duration::from_mins(3)).await;
     for ns in &names {
-        wait_patched(&admin, ns, "default", Duration::from_mins(1)).await;
+        wait_patched(&admin, ns, "default", secret, Duration::from_mins(1)).await;
     }
     let shared = Arc::new(Mutex::new(names.clone()));
     let tally = stream_through_default(&admin, shared, &settings, "cron").await;
@@ -314,7 +340,10 @@ pub async fn cronjob(settings: Settings) -> Outcome {
 pub async fn credential_provider(settings: Settings) -> Outcome {
     let admin = stack().admin().await;
     let s = stack();
+    // `up` gives the node's key short-lived tokens, so no long-lived one sits in the
+    // kubelet's cache; the scenario's lifetime from now on.
     let key = s.var("REGCRED_TEST_NODE_AWS_KEY").to_owned();
+    s.set_aws_key(&key, &settings.ttl_json());
     let before = s.token_calls(&key);
     let names = namespaces(&admin, &unique("rot-kubelet"), 1).await;
     let image = format!("{}/{}", s.var("REGCRED_TEST_ECR_HOST"), s.var("REGCRED_TEST_IMAGE_PATH"));
@@ -363,7 +392,7 @@ pub async fn baseline(settings: Settings, interval: Duration) -> Outcome {
     let admin = stack().admin().await;
     let key = aws_key("AKIAROTBASE", &settings);
     let names = namespaces(&admin, &unique("rot-cron-script"), 2).await;
-    run_baseline(&key, &names);
+    tokio::task::block_in_place(|| run_baseline(&key, &names));
     let stop = Instant::now() + settings.during();
     let runner = {
         let (key, names) = (key.clone(), names.clone());
