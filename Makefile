@@ -21,15 +21,17 @@ up:
 
 down:
 	$(TESTENV) down
+	$(TESTENV) leftovers
 
 # Unit tests, then every integration test against the real stack, which is stopped
-# afterwards whatever the outcome.
+# afterwards whatever the outcome; then nothing of the stack's node may remain.
 test: install
 	$(CARGO) build --locked --all-targets
 	$(TESTENV) up
 	@set -o pipefail; rc=0; \
 	  $(CARGO) test --locked --all-targets || rc=$$?; \
-	  $(TESTENV) down || true; \
+	  $(TESTENV) down || rc=1; \
+	  $(TESTENV) leftovers || rc=1; \
 	  exit $$rc
 
 unit:

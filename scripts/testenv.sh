@@ -13,6 +13,7 @@
 #   scripts/testenv.sh down      stop what `up` started (by recorded PID), wipe the data
 #   scripts/testenv.sh status    what runs (exit 0 only when everything is up and healthy)
 #   scripts/testenv.sh env       print the path of the env file (`source "$(... env)"`)
+#   scripts/testenv.sh leftovers after down: fail if a process, mount or cgroup of the node remains
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -467,5 +468,6 @@ case ${1:-} in
   down) down ;;
   status) status ;;
   env) echo "$STATE/env"; [ -e "$STATE/env" ] ;;
-  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
+  leftovers) node_leftovers || die "the node left the above behind" ;;
+  *) echo "usage: $0 install|up|down|status|env|leftovers" >&2; exit 2 ;;
 esac

@@ -275,3 +275,20 @@ node_teardown() {
   done <"$NODE/created"
   rm -f "$NODE/created"
 }
+
+# What of the node is still on this machine: processes started for our containerd or from
+# our binaries, mounts under $STATE, cgroups under $CGROUP_ROOT. Prints them; fails if any.
+node_leftovers() {
+  local found=0 pid cmd p
+  for pid in $(pgrep -f "$NODE/|$GOBIN_DIR/kubelet" || true); do
+    [ "$pid" = $$ ] && continue
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    case $cmd in *pgrep*) continue ;; esac
+    echo "process $pid: $cmd"; found=1
+  done
+  while read -r p; do echo "mount $p"; found=1; done < <(awk -v top="$STATE/" 'index($5, top) == 1 {print $5}' /proc/self/mountinfo)
+  for p in "$CGROUP_FS"/*"$CGROUP_ROOT"; do
+    [ -d "$p" ] && { echo "cgroup $p"; found=1; }
+  done
+  return $found
+}

@@ -41,10 +41,15 @@ fn pull_secret(name: &str, registry: &str, password: &str) -> Secret {
 async fn the_node_pulls_with_a_valid_token_and_not_with_an_expired_one() {
     let s = stack();
     let admin = s.admin().await;
-    let ready = Api::<Node>::all(admin.clone()).get(node()).await.expect("the node");
+    let ready = Api::<Node>::all(admin.clone())
+        .get(node())
+        .await
+        .expect("the node");
     let conditions = ready.status.and_then(|s| s.conditions).unwrap_or_default();
     assert!(
-        conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
         "{conditions:?}"
     );
 
@@ -56,7 +61,10 @@ async fn the_node_pulls_with_a_valid_token_and_not_with_an_expired_one() {
     let expired = s.registry_token(s.var("REGCRED_TEST_ACCOUNT"), "-1s");
     for (name, password) in [("fresh", &fresh), ("expired", &expired)] {
         secrets
-            .create(&PostParams::default(), &pull_secret(name, registry, password))
+            .create(
+                &PostParams::default(),
+                &pull_secret(name, registry, password),
+            )
             .await
             .unwrap();
     }
@@ -111,7 +119,8 @@ async fn the_control_plane_does_what_a_real_one_does() {
         )
         .await
         .unwrap();
-    let mut pod_spec = serde_json::to_value(app_pod("unused", image, None, &["pull"]).spec).unwrap();
+    let mut pod_spec =
+        serde_json::to_value(app_pod("unused", image, None, &["pull"]).spec).unwrap();
     pod_spec["restartPolicy"] = "Always".into();
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "app"},
@@ -120,11 +129,18 @@ async fn the_control_plane_does_what_a_real_one_does() {
     }))
     .unwrap();
     let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
-    deployments.create(&PostParams::default(), &deployment).await.unwrap();
-    wait_for("the Deployment's pod to run", Duration::from_mins(2), || async {
-        let d = deployments.get("app").await.ok()?;
-        (d.status?.ready_replicas? == 1).then_some(())
-    })
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    wait_for(
+        "the Deployment's pod to run",
+        Duration::from_mins(2),
+        || async {
+            let d = deployments.get("app").await.ok()?;
+            (d.status?.ready_replicas? == 1).then_some(())
+        },
+    )
     .await;
 
     // A Job runs to completion.
@@ -147,15 +163,30 @@ async fn the_control_plane_does_what_a_real_one_does() {
     let token_secret = Secret {
         metadata: ObjectMeta {
             name: Some("sa-token".into()),
-            annotations: Some([("kubernetes.io/service-account.name".into(), "default".into())].into()),
+            annotations: Some(
+                [(
+                    "kubernetes.io/service-account.name".into(),
+                    "default".into(),
+                )]
+                .into(),
+            ),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/service-account-token".into()),
         ..Secret::default()
     };
-    secrets.create(&PostParams::default(), &token_secret).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &token_secret)
+        .await
+        .unwrap();
     wait_for("the token controller to fill the token", MINUTE, || async {
-        secrets.get("sa-token").await.ok()?.data?.get("token").map(|_| ())
+        secrets
+            .get("sa-token")
+            .await
+            .ok()?
+            .data?
+            .get("token")
+            .map(|_| ())
     })
     .await;
 
@@ -164,18 +195,30 @@ async fn the_control_plane_does_what_a_real_one_does() {
         .delete("app", &DeleteParams::background())
         .await
         .unwrap();
-    let replica_sets = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(admin.clone(), &ns);
+    let replica_sets =
+        Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(admin.clone(), &ns);
     wait_for("the ReplicaSet to be collected", MINUTE, || async {
-        replica_sets.list(&kube::api::ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        replica_sets
+            .list(&kube::api::ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
     })
     .await;
 
     // Namespace deletion completes.
     let namespaces = Api::<Namespace>::all(admin.clone());
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
-    wait_for("the namespace to be gone", Duration::from_mins(2), || async {
-        namespaces.get_opt(&ns).await.ok()?.is_none().then_some(())
-    })
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the namespace to be gone",
+        Duration::from_mins(2),
+        || async { namespaces.get_opt(&ns).await.ok()?.is_none().then_some(()) },
+    )
     .await;
 }
 
@@ -218,7 +261,11 @@ async fn pods_keep_pulling_across_token_expiry_with_regcred_and_not_with_the_cro
     eprintln!("{}", report.join("\n"));
     let want = usize::try_from(s.during().as_secs() / s.every.as_secs()).unwrap() * 2 / 3;
     for o in [&controller, &cronjob, &provider] {
-        assert!(o.tally.attempted >= want, "{}: too few pods to judge", o.line());
+        assert!(
+            o.tally.attempted >= want,
+            "{}: too few pods to judge",
+            o.line()
+        );
         assert_eq!(o.tally.running, o.tally.attempted, "{}", o.line());
         assert_eq!(o.events, 0, "{}", o.line());
         assert!(

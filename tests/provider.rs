@@ -30,7 +30,9 @@ const PRIVATE_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 /// Asserts `password` is a token the fake AWS issued for `account` ("public" for ECR
 /// Public) to a caller signing with `key`, and still valid; returns it.
 fn issued<'a>(password: &'a Value, account: &str, key: &str) -> &'a str {
-    let text = password.as_str().unwrap_or_else(|| panic!("no password: {password}"));
+    let text = password
+        .as_str()
+        .unwrap_or_else(|| panic!("no password: {password}"));
     let info = stack()
         .token_info(text)
         .unwrap_or_else(|| panic!("a password the fake AWS never issued"));
@@ -364,7 +366,10 @@ fn a_cached_second_call_makes_no_token_call() {
         "the second call used the cache"
     );
     let password = issued(&first["auth"][PRIVATE_HOST]["password"], account(), &key);
-    assert_eq!(second["auth"][PRIVATE_HOST]["password"], password, "the cached token");
+    assert_eq!(
+        second["auth"][PRIVATE_HOST]["password"], password,
+        "the cached token"
+    );
     assert!(go_seconds(&second["cacheDuration"]) <= go_seconds(&first["cacheDuration"]));
     // Another region is another token; another identity does not see this one.
     response(&call(
@@ -440,7 +445,11 @@ fn concurrent_calls_share_one_fetch() {
             issued(&v["auth"][PRIVATE_HOST]["password"], account(), &key).to_owned()
         })
         .collect();
-    assert_eq!(passwords.len(), 1, "all six answered with the one token fetched");
+    assert_eq!(
+        passwords.len(),
+        1,
+        "all six answered with the one token fetched"
+    );
     assert_eq!(
         stack().token_calls(&key),
         1,
@@ -608,10 +617,7 @@ fn kubelets_plugin_manager_gets_private_and_public_credentials() {
     assert_eq!(auths(0), json!([{"username": "AWS", "password": password}]));
     assert_eq!(results[1]["found"], true, "{results:?}");
     let public = issued(&auths(1)[0]["password"], "public", &key).to_owned();
-    assert_eq!(
-        auths(1),
-        json!([{"username": "AWS", "password": public}])
-    );
+    assert_eq!(auths(1), json!([{"username": "AWS", "password": public}]));
     assert_eq!(results[2]["found"], false, "not matched, regcred not asked");
     assert_eq!(auths(3), auths(0), "same registry: kubelet's cache");
     // ECR Public's token came from its own endpoint (AWS_ENDPOINT_URL_ECR_PUBLIC).

@@ -113,7 +113,9 @@ async fn new_namespaces_deleted_secrets_and_new_service_accounts_are_served_at_o
         .as_str()
         .expect("a password")
         .to_owned();
-    let token = stack().token_info(&password).expect("a token the fake AWS issued");
+    let token = stack()
+        .token_info(&password)
+        .expect("a token the fake AWS issued");
     assert!(
         token.valid && token.account == stack().var("REGCRED_TEST_ACCOUNT"),
         "{token:?}"
@@ -189,7 +191,10 @@ async fn new_namespaces_deleted_secrets_and_new_service_accounts_are_served_at_o
         let v = run.metric(name);
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
-    assert!(!run.log_text().contains(&password), "the password was logged");
+    assert!(
+        !run.log_text().contains(&password),
+        "the password was logged"
+    );
 }
 
 async fn wait_live(run: &Running) -> bool {

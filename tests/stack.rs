@@ -54,7 +54,12 @@ async fn rbac_is_enforced_for_service_accounts() {
 
 fn aws(endpoint: &str, public_endpoint: &str, args: &[&str]) -> serde_json::Value {
     let key = unique("AKIASTACK");
-    aws_as(endpoint, public_endpoint, &[("AWS_ACCESS_KEY_ID", &key)], args)
+    aws_as(
+        endpoint,
+        public_endpoint,
+        &[("AWS_ACCESS_KEY_ID", &key)],
+        args,
+    )
 }
 
 /// The AWS CLI against these endpoints, with these credentials in its environment.
@@ -154,7 +159,12 @@ fn the_ecr_public_endpoint_answers() {
     let again = aws(
         s.var("AWS_ENDPOINT_URL"),
         s.var("AWS_ENDPOINT_URL_ECR_PUBLIC"),
-        &["ecr-public", "get-authorization-token", "--region", "us-east-1"],
+        &[
+            "ecr-public",
+            "get-authorization-token",
+            "--region",
+            "us-east-1",
+        ],
     );
     assert_ne!(
         password_of(&again["authorizationData"]["authorizationToken"]),
@@ -176,13 +186,19 @@ fn authfile(registry: &str, password: &str) -> (tempfile::TempDir, std::path::Pa
 /// skopeo pulling the test image through `registry` with `password`: its output.
 fn pull(registry: &str, password: &str) -> std::process::Output {
     let (_dir, file) = authfile(registry, password);
-    skopeo_pull_from(&file, &format!("{registry}/{}", stack().var("REGCRED_TEST_IMAGE_PATH")))
+    skopeo_pull_from(
+        &file,
+        &format!("{registry}/{}", stack().var("REGCRED_TEST_IMAGE_PATH")),
+    )
 }
 
 fn refused_with(out: &std::process::Output, words: &str) {
     assert!(!out.status.success(), "the registry let it in");
     let why = stderr(out);
-    assert!(why.contains(words), "refused, but not with {words:?}: {why}");
+    assert!(
+        why.contains(words),
+        "refused, but not with {words:?}: {why}"
+    );
 }
 
 #[test]
@@ -201,7 +217,11 @@ fn the_registry_admits_a_fresh_token_and_refuses_expired_and_unknown_ones() {
     assert_ne!(first, second, "every answer carries a password of its own");
     for password in [&first, &second] {
         let pulled = pull(registry, password);
-        assert!(pulled.status.success(), "skopeo with a fresh token: {}", stderr(&pulled));
+        assert!(
+            pulled.status.success(),
+            "skopeo with a fresh token: {}",
+            stderr(&pulled)
+        );
     }
 
     // A token that lives two seconds: admitted, then refused as ECR refuses it.
@@ -222,17 +242,30 @@ fn the_registry_admits_a_fresh_token_and_refuses_expired_and_unknown_ones() {
 #[test]
 fn a_token_opens_only_its_own_accounts_registry() {
     let s = stack();
-    let (a, b) = (s.var("REGCRED_TEST_REGISTRY"), s.var("REGCRED_TEST_REGISTRY_B"));
+    let (a, b) = (
+        s.var("REGCRED_TEST_REGISTRY"),
+        s.var("REGCRED_TEST_REGISTRY_B"),
+    );
     let account_b = s.var("REGCRED_TEST_ACCOUNT_B");
     // Into account B through STS, as a roleArn in regcred's config does.
     let key = unique("AKIASTACK");
-    let (endpoint, public) = (s.var("AWS_ENDPOINT_URL"), s.var("AWS_ENDPOINT_URL_ECR_PUBLIC"));
+    let (endpoint, public) = (
+        s.var("AWS_ENDPOINT_URL"),
+        s.var("AWS_ENDPOINT_URL_ECR_PUBLIC"),
+    );
     let role = format!("arn:aws:iam::{account_b}:role/regcred-pull");
     let assumed = aws_as(
         endpoint,
         public,
         &[("AWS_ACCESS_KEY_ID", &key)],
-        &["sts", "assume-role", "--role-arn", &role, "--role-session-name", "stack-test"],
+        &[
+            "sts",
+            "assume-role",
+            "--role-arn",
+            &role,
+            "--role-session-name",
+            "stack-test",
+        ],
     );
     let c = &assumed["Credentials"];
     let token = aws_as(
@@ -240,15 +273,25 @@ fn a_token_opens_only_its_own_accounts_registry() {
         public,
         &[
             ("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap()),
-            ("AWS_SECRET_ACCESS_KEY", c["SecretAccessKey"].as_str().unwrap()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                c["SecretAccessKey"].as_str().unwrap(),
+            ),
             ("AWS_SESSION_TOKEN", c["SessionToken"].as_str().unwrap()),
         ],
         &["ecr", "get-authorization-token"],
     );
     let password_b = password_of(&token["authorizationData"][0]["authorizationToken"]);
-    assert_eq!(s.token_info(&password_b).expect("issued").account, account_b);
+    assert_eq!(
+        s.token_info(&password_b).expect("issued").account,
+        account_b
+    );
     let pulled = pull(b, &password_b);
-    assert!(pulled.status.success(), "account B's registry: {}", stderr(&pulled));
+    assert!(
+        pulled.status.success(),
+        "account B's registry: {}",
+        stderr(&pulled)
+    );
     refused_with(&pull(a, &password_b), "unauthorized");
 
     let password_a = s.registry_token(s.var("REGCRED_TEST_ACCOUNT"), "60s");
@@ -259,7 +302,10 @@ fn a_token_opens_only_its_own_accounts_registry() {
 fn wait_until_invalid(password: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while stack().token_info(password).expect("issued").valid {
-        assert!(std::time::Instant::now() < deadline, "the token never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
@@ -267,7 +313,15 @@ fn wait_until_invalid(password: &str) {
 /// The HTTP status of the registry's API root for `AWS:password`, as curl sees it.
 fn registry_status(registry: &str, password: &str) -> u16 {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .args(["--cacert", stack().var("REGCRED_TEST_CA"), "-u"])
         .arg(format!("AWS:{password}"))
         .arg(format!("https://{registry}/v2/"))

@@ -216,7 +216,11 @@ fn assert_regcred_secret_from(
         let password = entry["password"].as_str().expect("a password");
         let info = lookup(password)
             .unwrap_or_else(|| panic!("{where_}: {host}: a password the fake AWS never issued"));
-        assert_eq!(info.account, token.account(), "{where_}: {host} token's account");
+        assert_eq!(
+            info.account,
+            token.account(),
+            "{where_}: {host} token's account"
+        );
         assert!(info.valid, "{where_}: {host} token expired");
         assert_eq!(
             entry["auth"],
@@ -506,10 +510,7 @@ async fn a_foreign_secret_is_left_alone_and_reported_and_adopt_merges_it() {
     assert_ne!(rv(&adopted), rv(&before));
     assert_regcred_secret(
         &adopted,
-        &[
-            (&alias, Token::Private),
-            (PUBLIC_HOST, Token::Public),
-        ],
+        &[(&alias, Token::Private), (PUBLIC_HOST, Token::Public)],
         &json!({"ghcr.io": other}),
     );
     assert_eq!(
@@ -597,11 +598,7 @@ async fn a_managed_secret_with_broken_content_is_repaired() {
     assert_eq!(stack().token_calls(&key), 1);
     for ns in [&edited, &opaque] {
         let repaired = secret(&admin, ns, &name).await;
-        assert_regcred_secret(
-            &repaired,
-            &[(&alias_host(), Token::Private)],
-            &json!({}),
-        );
+        assert_regcred_secret(&repaired, &[(&alias_host(), Token::Private)], &json!({}));
     }
 }
 
@@ -804,7 +801,11 @@ async fn terminating_namespaces_are_skipped_without_error() {
     let secrets = Api::<Secret>::namespaced(admin.clone(), &dying_with);
     let finalizers = |f: Value| Patch::Merge(json!({"metadata": {"finalizers": f}}));
     secrets
-        .patch(&name, &PatchParams::default(), &finalizers(json!(["regcred.test/keep"])))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &finalizers(json!(["regcred.test/keep"])),
+        )
         .await
         .expect("add a finalizer");
 
@@ -813,10 +814,14 @@ async fn terminating_namespaces_are_skipped_without_error() {
         hold_terminating(&admin, &dying_with).await,
         hold_terminating(&admin, &elsewhere).await,
     ];
-    let held = wait_for("the held secret to be marked for deletion", TIMEOUT, || async {
-        let s = secrets.get_opt(&name).await.ok()??;
-        s.metadata.deletion_timestamp.is_some().then_some(s)
-    })
+    let held = wait_for(
+        "the held secret to be marked for deletion",
+        TIMEOUT,
+        || async {
+            let s = secrets.get_opt(&name).await.ok()??;
+            s.metadata.deletion_timestamp.is_some().then_some(s)
+        },
+    )
     .await;
 
     let (cmd, _) = sync(&who, &file, &[]);
@@ -1213,7 +1218,11 @@ fn forbidden(secrets: &[Secret], extra: &[String]) -> Vec<String> {
     let mut v = extra.to_vec();
     for s in secrets {
         v.push(BASE64.encode(raw_data(s)));
-        for entry in dockerconfig(s)["auths"].as_object().expect("auths").values() {
+        for entry in dockerconfig(s)["auths"]
+            .as_object()
+            .expect("auths")
+            .values()
+        {
             for field in ["password", "auth"] {
                 v.push(entry[field].as_str().expect(field).to_owned());
             }

@@ -178,7 +178,6 @@ pub fn build_as_the_dockerfile_does() -> (tempfile::TempDir, PathBuf) {
     (out_dir, binary)
 }
 
-
 /// The image's name on the stack's node.
 pub const NODE_IMAGE: &str = concat!("regcred.test/regcred:", env!("CARGO_PKG_VERSION"));
 
@@ -203,7 +202,12 @@ pub fn on_the_node() -> &'static str {
             .arg(layout.with_extension("tar"))
             .output()
             .unwrap();
-        assert!(imported.status.success(), "ctr import: {}{}", stdout(&imported), stderr(&imported));
+        assert!(
+            imported.status.success(),
+            "ctr import: {}{}",
+            stdout(&imported),
+            stderr(&imported)
+        );
     });
     NODE_IMAGE
 }

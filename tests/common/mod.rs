@@ -266,7 +266,9 @@ pub async fn create_service_account(
             .get(name)
             .await
             .unwrap_or_else(|e| panic!("get serviceaccount {namespace}/{name}: {e}"));
-        current.image_pull_secrets.clone_from(&sa.image_pull_secrets);
+        current
+            .image_pull_secrets
+            .clone_from(&sa.image_pull_secrets);
         match api.replace(name, &PostParams::default(), &current).await {
             Ok(replaced) => return replaced,
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -333,7 +335,15 @@ impl Drop for TerminatingHold {
         let patch = r#"{"metadata":{"finalizers":null}}"#;
         let _ = Command::new(stack().var("REGCRED_TEST_KUBECTL"))
             .env("KUBECONFIG", &self.kubeconfig)
-            .args(["-n", &self.namespace, "patch", "configmap", "held", "--type=merge", "-p"])
+            .args([
+                "-n",
+                &self.namespace,
+                "patch",
+                "configmap",
+                "held",
+                "--type=merge",
+                "-p",
+            ])
             .arg(patch)
             .output();
     }

@@ -17,7 +17,9 @@ pub fn node() -> &'static str {
         .env
         .get("REGCRED_TEST_NODE")
         .map(String::as_str)
-        .expect("the stack has no node (REGCRED_TEST_NODE=off?): start it with scripts/testenv.sh up")
+        .expect(
+            "the stack has no node (REGCRED_TEST_NODE=off?): start it with scripts/testenv.sh up",
+        )
 }
 
 /// How a pod's image pull ended.
@@ -33,7 +35,12 @@ pub enum Pull {
 
 /// A pod of the stack's test image on the node: host network, pulled every time
 /// (`imagePullPolicy: Always`), stopped at once when deleted.
-pub fn app_pod(name: &str, image: &str, service_account: Option<&str>, pull_secrets: &[&str]) -> Pod {
+pub fn app_pod(
+    name: &str,
+    image: &str,
+    service_account: Option<&str>,
+    pull_secrets: &[&str],
+) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -48,7 +55,9 @@ pub fn app_pod(name: &str, image: &str, service_account: Option<&str>, pull_secr
             image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
                 pull_secrets
                     .iter()
-                    .map(|n| LocalObjectReference { name: (*n).to_owned() })
+                    .map(|n| LocalObjectReference {
+                        name: (*n).to_owned(),
+                    })
                     .collect()
             }),
             containers: vec![Container {
@@ -95,7 +104,12 @@ pub fn pull_state(pod: &Pod) -> Pull {
 
 /// Creates `pod` in `namespace`, waits until its pull is decided (or `timeout`), deletes it;
 /// the outcome.
-pub async fn pull_once(client: &kube::Client, namespace: &str, pod: &Pod, timeout: Duration) -> Pull {
+pub async fn pull_once(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &Pod,
+    timeout: Duration,
+) -> Pull {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace);
     let name = pod.metadata.name.clone().expect("a named pod");
     if let Err(e) = pods.create(&PostParams::default(), pod).await {
@@ -112,7 +126,9 @@ pub async fn pull_once(client: &kube::Client, namespace: &str, pod: &Pod, timeou
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+    let _ = pods
+        .delete(&name, &DeleteParams::default().grace_period(0))
+        .await;
     outcome
 }
 

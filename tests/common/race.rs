@@ -62,7 +62,12 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
         every: Duration::from_secs(1),
     };
     let key = aws_key("AKIARACE", &settings);
-    let mut values = node_values("controller", SECRET, &format!("{prefix}-*"), &["default", "app"]);
+    let mut values = node_values(
+        "controller",
+        SECRET,
+        &format!("{prefix}-*"),
+        &["default", "app"],
+    );
     json_merge(&mut values, extra);
     let release = Release::install(&admin, "regcred-race", &key, &values).await;
     release.wait_available(&admin, Duration::from_mins(3)).await;
@@ -73,10 +78,18 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
         let ns = format!("{prefix}-{i}");
         let file = dir.path().join(format!("{ns}.yaml"));
         std::fs::write(&file, manifest(&ns, &image)).unwrap();
-        ok("kubectl apply", &kubectl(&["apply", "-f", file.to_str().unwrap()]));
+        ok(
+            "kubectl apply",
+            &kubectl(&["apply", "-f", file.to_str().unwrap()]),
+        );
         let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
         let pod = wait_for("the Deployment's pod", Duration::from_mins(2), || async {
-            pods.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
         })
         .await;
         let with_secret = pod
@@ -85,12 +98,16 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
             .and_then(|s| s.image_pull_secrets.as_ref())
             .is_some_and(|r| r.iter().any(|r| r.name == SECRET));
         let name = pod.metadata.name.clone().unwrap();
-        let pulled = wait_for("the pod's pull to be decided", Duration::from_mins(1), || async {
-            match pull_state(&pods.get(&name).await.ok()?) {
-                Pull::Undecided => None,
-                done => Some(done),
-            }
-        })
+        let pulled = wait_for(
+            "the pod's pull to be decided",
+            Duration::from_mins(1),
+            || async {
+                match pull_state(&pods.get(&name).await.ok()?) {
+                    Pull::Undecided => None,
+                    done => Some(done),
+                }
+            },
+        )
         .await;
         result.tries += 1;
         result.without_secret += usize::from(!with_secret);

@@ -71,7 +71,10 @@ impl Outcome {
             t.undecided,
             self.events,
             self.token_calls,
-            t.examples.first().map(|e| format!("; e.g. {e}")).unwrap_or_default()
+            t.examples
+                .first()
+                .map(|e| format!("; e.g. {e}"))
+                .unwrap_or_default()
         )
     }
 }
@@ -132,7 +135,10 @@ pub fn node_values(mode: &str, secret: &str, include: &str, service_accounts: &[
     let s = stack();
     let image = super::image::on_the_node();
     let (repository, tag) = image.rsplit_once(':').unwrap();
-    let api = s.var("REGCRED_TEST_APISERVER").trim_start_matches("https://").to_owned();
+    let api = s
+        .var("REGCRED_TEST_APISERVER")
+        .trim_start_matches("https://")
+        .to_owned();
     let (host, port) = api.rsplit_once(':').unwrap();
     json!({
         "mode": mode,
@@ -210,7 +216,12 @@ impl Release {
         let leases = Api::<Lease>::namespaced(admin.clone(), &self.name);
         let pods = Api::<Pod>::namespaced(admin.clone(), &self.name);
         wait_for("regcred's pod to hold the Lease", timeout, || async {
-            let holder = leases.get_opt("regcred").await.ok()??.spec?.holder_identity?;
+            let holder = leases
+                .get_opt("regcred")
+                .await
+                .ok()??
+                .spec?
+                .holder_identity?;
             let pod = pods.get_opt(&holder).await.ok()??;
             (pod.spec?.node_name? == super::pods::node()).then_some(holder)
         })
@@ -233,7 +244,13 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = helm(&["uninstall", &self.name, "--namespace", &self.name, "--wait=false"]);
+        let _ = helm(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.name,
+            "--wait=false",
+        ]);
         let _ = super::helm::kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
@@ -317,7 +334,9 @@ pub async fn cronjob(settings: Settings) -> Outcome {
     let mut values = node_values("cronjob", secret, &format!("{prefix}-*"), &["default"]);
     values["cronjob"] = json!({"schedule": "* * * * *", "successfulJobsHistoryLimit": 1});
     let release = Release::install(&admin, "regcred-cron", &key, &values).await;
-    release.wait_job_succeeded(&admin, Duration::from_mins(3)).await;
+    release
+        .wait_job_succeeded(&admin, Duration::from_mins(3))
+        .await;
     for ns in &names {
         wait_patched(&admin, ns, "default", secret, Duration::from_mins(1)).await;
     }
@@ -346,7 +365,11 @@ pub async fn credential_provider(settings: Settings) -> Outcome {
     s.set_aws_key(&key, &settings.ttl_json());
     let before = s.token_calls(&key);
     let names = namespaces(&admin, &unique("rot-kubelet"), 1).await;
-    let image = format!("{}/{}", s.var("REGCRED_TEST_ECR_HOST"), s.var("REGCRED_TEST_IMAGE_PATH"));
+    let image = format!(
+        "{}/{}",
+        s.var("REGCRED_TEST_ECR_HOST"),
+        s.var("REGCRED_TEST_IMAGE_PATH")
+    );
     let shared = Arc::new(Mutex::new(names.clone()));
     let tally = stream_pods(
         &admin,
