@@ -215,7 +215,7 @@ EOF
 svc_cmd() {
   case $1 in
     etcd) echo "$TESTENV/start-etcd.sh $ETCD_PORT $ETCD_PEER_PORT $STATE/data/etcd" ;;
-    kube-apiserver) echo "$TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
+    kube-apiserver) echo "env REGCRED_TEST_ETCD=http://127.0.0.1:$ETCD_PORT $TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
     fake-aws) echo "$VENV/bin/python $TESTENV/fake_aws.py --port $AWS_PORT --public-port $PUBLIC_PORT --log $STATE/logs/fake-aws.log" ;;
     registry) echo "/usr/bin/docker-registry serve $STATE/registry/config.yml" ;;
   esac
