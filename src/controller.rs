@@ -46,10 +46,6 @@ pub struct RunArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub lease: lease::LeaseArgs,
-    #[command(flatten)]
-    pub webhook: crate::webhook::WebhookArgs,
-    #[command(flatten)]
-    pub webhook_serve: crate::webhook::ServeArgs,
     /// How long the Lease stays held without renewal: a failed leader is replaced within
     /// about this time.
     #[arg(long, env = "REGCRED_LEASE_DURATION", default_value = "15s", value_name = "DURATION", value_parser = parse_duration)]
@@ -61,6 +57,10 @@ pub struct RunArgs {
     /// Namespaces reconciled at once.
     #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
+    #[command(flatten)]
+    pub webhook_serve: crate::webhook::ServeArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
