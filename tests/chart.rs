@@ -1445,7 +1445,7 @@ fn with_cert_manager_the_chart_asks_it_for_the_certificate_and_grants_nothing_fo
     let c = container(pod);
     assert_eq!(
         env_var(c, "REGCRED_WEBHOOK_CERT_DIR")["value"],
-        "/etc/regcred/webhook-tls"
+        "/var/run/secrets/regcred/webhook-tls"
     );
     assert!(!env_names(c).contains("REGCRED_WEBHOOK_SECRET"));
     assert!(pod["volumes"].as_array().unwrap().contains(

@@ -1,8 +1,7 @@
 //! The admission decision, pure: which pull secrets a new pod should reference, as a JSON
-//! Patch, and the `AdmissionReview` wire format around it.
+//! Patch ([`super::review`] is the wire format around it).
 //!
-//! The API server sends an `admission.k8s.io/v1` `AdmissionReview` with the pod as it will
-//! be stored (after the ServiceAccount admission plugin copied the ServiceAccount's
+//! The API server sends the pod as it will be stored (after the ServiceAccount admission plugin copied the ServiceAccount's
 //! `imagePullSecrets`). A secret entry applies when its namespace selection matches and an
 //! image of a container, init container or ephemeral container is on one of its
 //! registries (the host matching of `credential-provider`). Each applicable secret not yet
@@ -11,71 +10,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::review::Request;
 use crate::config::Config;
 
-/// The one review version regcred answers (the chart registers only it).
-pub const API_VERSION: &str = "admission.k8s.io/v1";
-const KIND: &str = "AdmissionReview";
 /// The label that opts a pod (or, through the webhook's namespaceSelector, a namespace)
 /// out: `regcred.io/inject: "false"`.
 pub const OPT_OUT_LABEL: &str = "regcred.io/inject";
 /// Namespaces never touched, whatever the configuration selects.
 pub const NEVER: &[&str] = &["kube-system"];
-
-/// Why a request body is not an AdmissionReview regcred can answer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ReviewError {
-    #[error("request body is not JSON: {0}")]
-    Json(String),
-    #[error("request body is not an AdmissionReview: {0}")]
-    Shape(String),
-    #[error(
-        "AdmissionReview apiVersion is {0}; regcred answers {API_VERSION} (list only v1 in the webhook's admissionReviewVersions)"
-    )]
-    ApiVersion(String),
-    #[error("kind is {0}; expected {KIND}")]
-    Kind(String),
-    #[error("AdmissionReview has no request")]
-    NoRequest,
-    #[error("request.uid is empty")]
-    NoUid,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<Request>,
-}
-
-/// The parts of an admission request regcred reads.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Request {
-    pub uid: String,
-    #[serde(default)]
-    pub kind: Kind,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub operation: String,
-    #[serde(default)]
-    pub object: Option<Pod>,
-}
-
-/// The kind of the object under review.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct Kind {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub kind: String,
-}
 
 /// The parts of a pod regcred reads; everything else is ignored.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -115,32 +60,6 @@ pub struct Container {
 pub struct Reference {
     #[serde(default)]
     pub name: Option<String>,
-}
-
-/// Reads an AdmissionReview; the error names what is wrong (with the JSON path of a
-/// field of the wrong type).
-pub fn parse_review(body: &[u8]) -> Result<Request, ReviewError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
-    if !value.is_object() {
-        return Err(ReviewError::Shape("not a JSON object".into()));
-    }
-    let review: Review = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        ReviewError::Shape(format!("{path}: {}", e.into_inner()))
-    })?;
-    let shown = |v: Option<String>| v.map_or_else(|| "missing".to_owned(), |s| format!("{s:?}"));
-    if review.api_version.as_deref() != Some(API_VERSION) {
-        return Err(ReviewError::ApiVersion(shown(review.api_version)));
-    }
-    if review.kind.as_deref() != Some(KIND) {
-        return Err(ReviewError::Kind(shown(review.kind)));
-    }
-    let request = review.request.ok_or(ReviewError::NoRequest)?;
-    if request.uid.is_empty() {
-        return Err(ReviewError::NoUid);
-    }
-    Ok(request)
 }
 
 impl Pod {
@@ -273,20 +192,9 @@ pub fn patch(pod: &Pod, wanted: &BTreeSet<String>) -> Vec<Value> {
         .collect()
 }
 
-/// The AdmissionReview answer: always allowed; with the patch when there is one.
-#[must_use]
-pub fn response(uid: &str, patch: &[Value]) -> String {
-    let mut response = json!({"uid": uid, "allowed": true});
-    if !patch.is_empty() {
-        let bytes = serde_json::to_vec(patch).unwrap_or_default();
-        response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    json!({"apiVersion": API_VERSION, "kind": KIND, "response": response}).to_string()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::review::{API_VERSION, parse_review};
     use super::*;
     use std::path::Path;
 
@@ -314,7 +222,7 @@ mod tests {
 
     fn review(object: &Value) -> Vec<u8> {
         json!({
-            "apiVersion": API_VERSION, "kind": KIND,
+            "apiVersion": API_VERSION, "kind": "AdmissionReview",
             "request": {
                 "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -480,57 +388,5 @@ mod tests {
             &parse_review(&review(&opted_out)).unwrap(),
             "regcred"
         ));
-    }
-
-    #[test]
-    fn bad_reviews_say_what_is_wrong() {
-        let err = |body: &str| parse_review(body.as_bytes()).unwrap_err().to_string();
-        assert!(err("").starts_with("request body is not JSON"));
-        assert!(err("[1]").contains("not a JSON object"));
-        assert!(err(r#"{"kind": "AdmissionReview"}"#).contains("apiVersion is missing"));
-        assert!(
-            err(r#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#)
-                .contains("\"admission.k8s.io/v1beta1\"; regcred answers admission.k8s.io/v1")
-        );
-        assert!(
-            err(r#"{"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}"#)
-                .contains("kind is \"Pod\"")
-        );
-        assert_eq!(
-            err(r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#),
-            "AdmissionReview has no request"
-        );
-        assert_eq!(
-            err(
-                r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": ""}}"#
-            ),
-            "request.uid is empty"
-        );
-        let typed = err(
-            r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u", "object": {"spec": {"containers": [{"image": 7}]}}}}"#,
-        );
-        assert!(
-            typed.contains("request.object.spec.containers[0].image: invalid type: integer `7`"),
-            "{typed}"
-        );
-    }
-
-    #[test]
-    fn the_response_carries_the_uid_and_a_base64_json_patch() {
-        let ops = vec![
-            json!({"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "ecr"}]}),
-        ];
-        let r: Value = serde_json::from_str(&response("u-1", &ops)).unwrap();
-        assert_eq!(r["apiVersion"], API_VERSION);
-        assert_eq!(r["kind"], "AdmissionReview");
-        assert_eq!(r["response"]["uid"], "u-1");
-        assert_eq!(r["response"]["allowed"], true);
-        assert_eq!(r["response"]["patchType"], "JSONPatch");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(r["response"]["patch"].as_str().unwrap())
-            .unwrap();
-        assert_eq!(serde_json::from_slice::<Vec<Value>>(&bytes).unwrap(), ops);
-        let plain: Value = serde_json::from_str(&response("u-2", &[])).unwrap();
-        assert_eq!(plain["response"], json!({"uid": "u-2", "allowed": true}));
     }
 }

@@ -257,7 +257,7 @@ async fn probe(host: &str, port: u16, path: &str, bundle_pem: &str) -> Result<St
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
     let uid = format!("regcred-check-{:08x}", rand::random::<u32>());
     let body = serde_json::json!({
-        "apiVersion": super::admission::API_VERSION, "kind": "AdmissionReview",
+        "apiVersion": super::review::API_VERSION, "kind": "AdmissionReview",
         "request": {
             "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "namespace": "kube-system", "operation": "CREATE",

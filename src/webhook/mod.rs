@@ -16,6 +16,7 @@ pub mod check;
 pub mod files;
 pub mod keeper;
 pub mod pki;
+pub mod review;
 pub mod rotation;
 pub mod server;
 
@@ -166,7 +167,7 @@ impl std::fmt::Debug for Admit {
 impl Admit {
     /// The answer to one request body: status and body.
     pub async fn review(&self, body: &[u8]) -> (StatusCode, String) {
-        let request = match admission::parse_review(body) {
+        let request = match review::parse_review(body) {
             Ok(r) => r,
             Err(e) => {
                 self.malformed(&e.to_string());
@@ -182,7 +183,7 @@ impl Admit {
             ?added,
             "admission"
         );
-        (StatusCode::OK, admission::response(&request.uid, &patch))
+        (StatusCode::OK, review::response(&request.uid, &patch))
     }
 
     /// Counts and reports a request that is not an AdmissionReview.
@@ -196,7 +197,7 @@ impl Admit {
 
     async fn judge(
         &self,
-        request: &admission::Request,
+        request: &review::Request,
     ) -> (WebhookResult, Vec<serde_json::Value>, Vec<String>) {
         let unchanged = (WebhookResult::Unchanged, Vec::new(), Vec::new());
         let Some(pod) = request
