@@ -23,6 +23,8 @@ pub struct Health {
     pub tokens_fresh: AtomicBool,
     /// A shutdown signal arrived.
     pub stopping: AtomicBool,
+    /// The admission webhook is on but has no certificate to serve yet.
+    pub webhook_pending: AtomicBool,
 }
 
 impl Health {
@@ -31,6 +33,7 @@ impl Health {
         self.reconciled.load(Ordering::Relaxed)
             && self.tokens_fresh.load(Ordering::Relaxed)
             && !self.stopping.load(Ordering::Relaxed)
+            && !self.webhook_pending.load(Ordering::Relaxed)
     }
 
     /// Why it is not ready, for the `/readyz` body.
@@ -42,6 +45,8 @@ impl Health {
             "first full reconciliation not finished"
         } else if !self.tokens_fresh.load(Ordering::Relaxed) {
             "a registry token is expired or missing"
+        } else if self.webhook_pending.load(Ordering::Relaxed) {
+            "the admission webhook has no certificate yet"
         } else {
             "ok"
         }

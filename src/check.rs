@@ -50,6 +50,8 @@ pub struct CheckArgs {
     pub mode: Mode,
     #[command(flatten)]
     pub lease: crate::lease::LeaseArgs,
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -210,7 +212,11 @@ fn config_detail(config: &Config) -> String {
         } else {
             "off"
         },
-    )
+    ) + &if config.webhook.enabled {
+        format!("; webhook on port {}", config.webhook.port)
+    } else {
+        "; webhook off".to_owned()
+    }
 }
 
 fn token_hint(source: &TokenSource) -> String {
@@ -445,16 +451,27 @@ pub async fn run(args: &CheckArgs) -> Result<Exit, Error> {
             return Ok(Exit::Usage);
         }
     };
-    let needed = required_permissions(
+    let mut needed = required_permissions(
         &config,
         args.mode,
         &args.lease.lease_namespace,
         &args.lease.lease_name,
     );
-    let (aws, kube) = tokio::join!(aws_checks(&config), kubernetes_checks(needed));
+    let own = &args.lease.lease_namespace;
+    needed.extend(crate::webhook::check::permissions(
+        &config,
+        &args.webhook,
+        own,
+    ));
+    let (aws, kube, webhook) = tokio::join!(
+        aws_checks(&config),
+        kubernetes_checks(needed),
+        Box::pin(crate::webhook::check::checks(&config, &args.webhook, own))
+    );
     let mut checks = vec![Check::pass("config", config_detail(&config))];
     checks.extend(aws);
     checks.extend(kube);
+    checks.extend(webhook);
     print(args, &checks)?;
     Ok(if checks.iter().all(|c| c.ok) {
         Exit::Ok

@@ -47,6 +47,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     pub secrets: Vec<SecretConfig>,
     pub refresh: Refresh,
+    pub webhook: Webhook,
+}
+
+/// The admission webhook `run` serves (opt-in): it adds the pull secret to pods created
+/// before their ServiceAccount was patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    pub enabled: bool,
+    /// The HTTPS port it listens on, on every address.
+    pub port: u16,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: 9443,
+        }
+    }
 }
 
 /// One managed Secret name and what goes in it, where.
@@ -317,6 +336,7 @@ impl ConfigArgs {
         Ok(Config {
             secrets: vec![secret],
             refresh: Refresh::default(),
+            webhook: Webhook::default(),
         })
     }
 }
@@ -465,6 +485,31 @@ struct File {
     secrets: Vec<SecretEntry>,
     #[serde(default)]
     refresh: RefreshEntry,
+    #[serde(default)]
+    webhook: WebhookEntry,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WebhookEntry {
+    #[serde(default)]
+    enabled: bool,
+    port: Option<Port>,
+}
+
+/// A TCP port, 1 to 65535.
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        value
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map(Self)
+            .ok_or_else(|| de::Error::custom(format!("{value} is not a port (1 to 65535)")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -637,7 +682,15 @@ impl File {
                 ),
             ));
         }
-        Ok(Config { secrets, refresh })
+        let webhook = Webhook {
+            enabled: self.webhook.enabled,
+            port: self.webhook.port.map_or(Webhook::default().port, |p| p.0),
+        };
+        Ok(Config {
+            secrets,
+            refresh,
+            webhook,
+        })
     }
 }
 
@@ -718,6 +771,17 @@ refresh:
         assert_eq!(s.namespaces, Selection::default());
         assert!(s.service_accounts.is_none());
         assert!(!s.adopt);
+        assert_eq!(c.webhook, Webhook::default());
+        assert!(!c.webhook.enabled, "the webhook is opt-in");
+        let on =
+            load("secrets:\n  - registries: [public.ecr.aws]\nwebhook: {enabled: true}\n").unwrap();
+        assert_eq!(
+            on.webhook,
+            Webhook {
+                enabled: true,
+                port: 9443
+            }
+        );
         let all = load("secrets:\n  - registries: [public.ecr.aws]\n    serviceAccounts: ['*']\n")
             .unwrap();
         assert_eq!(all.secrets[0].service_accounts, ServiceAccounts::All);
@@ -810,6 +874,27 @@ refresh:
             assert!(got_message.contains(message), "{yaml}: {got_message}");
         }
         assert!(matches!(load("secrets: [\n"), Err(Error::Yaml { .. })));
+    }
+
+    #[test]
+    fn bad_webhook_values_name_their_field() {
+        let cases = [
+            (
+                "{enabled: true, port: 0}",
+                "webhook.port",
+                "0 is not a port (1 to 65535)",
+            ),
+            ("{port: 70000}", "webhook.port", "70000 is not a port"),
+            ("{port: '9443'}", "webhook.port", "\"9443\" is not a port"),
+            ("{enable: true}", "webhook.enable", "unknown field `enable`"),
+            ("{enabled: sure}", "webhook.enabled", "expected a boolean"),
+        ];
+        for (webhook, field, message) in cases {
+            let yaml = format!("secrets:\n  - registries: [public.ecr.aws]\nwebhook: {webhook}\n");
+            let (got_field, got_message) = field_error(&yaml);
+            assert_eq!(got_field, field, "{yaml}");
+            assert!(got_message.contains(message), "{yaml}: {got_message}");
+        }
     }
 
     #[test]

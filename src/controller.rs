@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Namespaces reconciled at once.
     #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
+    #[command(flatten)]
+    pub webhook_serve: crate::webhook::ServeArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -85,6 +89,7 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     let listener = admin::bind(args.admin_addr)
         .await
         .map_err(|e| Error::Usage(format!("--admin-addr {}: {e}", args.admin_addr)))?;
+    let webhook_listener = crate::webhook::bind(&config, &args.webhook_serve).await?;
     let client = crate::k8s::client().await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
@@ -130,6 +135,22 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     );
     let refresher = tokio::spawn(refresher.run(tokens_tx, leading.clone(), stop.clone()));
     tokio::spawn(leader_gauge(leading.clone(), metrics.clone()));
+    // One cache of namespaces for the controller and the webhook (every replica fills it).
+    let (namespaces, namespace_writer) = reflector::store();
+    let webhook = webhook_listener.map(|listener| {
+        crate::webhook::spawn(crate::webhook::Parts {
+            client: client.clone(),
+            config: config.clone(),
+            namespaces,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            namespace: args.lease.lease_namespace.clone(),
+            args: args.webhook.clone(),
+            serve: args.webhook_serve.clone(),
+            listener,
+            stop: stop.clone(),
+        })
+    });
 
     let controller = controller(ControllerParts {
         client,
@@ -140,6 +161,7 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
         leading,
         stop: stop.clone(),
         concurrency: args.concurrency,
+        namespace_writer,
     });
     controller.await;
 
@@ -154,6 +176,10 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
         .is_err()
     {
         tracing::warn!("some tasks did not stop in time; exiting anyway");
+    }
+    if let Some(webhook) = webhook {
+        // It answers for its shutdown delay after the signal, then drains.
+        let _ = webhook.await;
     }
     tracing::info!("stopped");
     Ok(Exit::Ok)
@@ -242,6 +268,7 @@ struct ControllerParts {
     leading: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
     concurrency: u16,
+    namespace_writer: reflector::store::Writer<Namespace>,
 }
 
 /// What every reconciliation shares.
@@ -283,6 +310,7 @@ async fn controller(parts: ControllerParts) {
         leading,
         stop,
         concurrency,
+        namespace_writer: writer,
     } = parts;
     // Every watch feeds its store first and triggers only from what the store holds: a
     // (re)list is not trusted object by object (kube-runtime's buffered relist swaps the store
@@ -290,7 +318,7 @@ async fn controller(parts: ControllerParts) {
     // dropped, and an object deleted while the watch was down sends no event at all); instead
     // the end of every list reconciles every namespace.
     let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
-    let (namespaces, writer) = reflector::store();
+    let namespaces = writer.as_reader();
     let namespace_triggers = reflected(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),

@@ -27,6 +27,7 @@ pub mod serviceaccounts;
 pub mod sync;
 pub mod telemetry;
 pub mod token_cache;
+pub mod webhook;
 
 use std::io::Write;
 

@@ -39,6 +39,28 @@ pub enum WriteResult {
     Foreign,
 }
 
+/// What the admission webhook did with one request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// The pod got a pull secret reference.
+    Injected,
+    /// The pod was admitted as it was.
+    Unchanged,
+    /// The request could not be judged (malformed, or its namespace unknown); admitted as
+    /// it was.
+    Error,
+}
+
+impl WebhookResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Injected => "injected",
+            Self::Unchanged => "unchanged",
+            Self::Error => "error",
+        }
+    }
+}
+
 impl RefreshResult {
     fn as_str(self) -> &'static str {
         match self {
@@ -71,11 +93,16 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(RefreshResult, WriteResult);
+label_value!(RefreshResult, WriteResult, WebhookResult);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     result: WriteResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    result: WebhookResult,
 }
 
 /// Every metric regcred exports.
@@ -88,6 +115,7 @@ pub struct Metrics {
     namespaces_selected: Gauge,
     reconcile_duration: Histogram,
     leader: Gauge,
+    webhook_requests: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,6 +134,7 @@ impl Metrics {
         let namespaces_selected = Gauge::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let leader = Gauge::default();
+        let webhook_requests = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "regcred_token_expiry_timestamp_seconds",
             "When the current token of a registry expires (Unix seconds)",
@@ -136,6 +165,11 @@ impl Metrics {
             "1 on the replica that writes",
             leader.clone(),
         );
+        registry.register(
+            "regcred_webhook_requests",
+            "Admission requests by what the webhook did",
+            webhook_requests.clone(),
+        );
         Self {
             registry,
             token_expiry,
@@ -144,6 +178,7 @@ impl Metrics {
             namespaces_selected,
             reconcile_duration,
             leader,
+            webhook_requests,
         }
     }
 
@@ -185,6 +220,12 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    pub fn webhook_request(&self, result: WebhookResult) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels { result })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition.
     #[must_use]
     pub fn encode(&self) -> String {
@@ -208,6 +249,7 @@ mod tests {
         m.namespaces_selected(3);
         m.reconcile_duration(0.01);
         m.leader(true);
+        m.webhook_request(WebhookResult::Injected);
         let text = m.encode();
         for want in [
             "regcred_token_expiry_timestamp_seconds{registry=\"public.ecr.aws\"} 1795953600",
@@ -216,6 +258,7 @@ mod tests {
             "regcred_namespaces_selected 3",
             "regcred_reconcile_duration_seconds_count 1",
             "regcred_leader 1",
+            "regcred_webhook_requests_total{result=\"injected\"} 1",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -1197,3 +1197,392 @@ fn kubectl_apply_k_deploy_applies_the_charts_default_render() {
         &kubectl(&["delete", "-k", "deploy/", "--wait=false"]),
     );
 }
+
+// ---------------------------------------------------------------------------- webhook
+
+fn webhook_values(extra: &Value) -> Value {
+    let mut values = json!({"webhook": {"enabled": true}});
+    if let (Some(v), Some(extra)) = (values.as_object_mut(), extra.as_object()) {
+        for (k, x) in extra {
+            if k == "webhook" {
+                for (wk, wv) in x.as_object().unwrap() {
+                    v["webhook"][wk] = wv.clone();
+                }
+            } else {
+                v.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    values
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_webhook_renders_only_when_enabled_fail_open_and_out_of_the_system_namespaces() {
+    let off = render(&json!({}));
+    assert!(!kinds(&off).contains("MutatingWebhookConfiguration"));
+    assert!(
+        !off.iter()
+            .any(|o| o["metadata"]["name"] == "regcred-webhook")
+    );
+    assert!(
+        !one(&off, "ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("webhook")
+    );
+
+    let objects = render(&webhook_values(&json!({
+        "webhook": {"namespaceSelector": {"matchLabels": {"team": "payments"}}},
+    })));
+    let config = one(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(config["metadata"]["name"], "regcred");
+    let hook = &config["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(
+        hook["rules"],
+        json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"], "scope": "Namespaced"}])
+    );
+    assert_eq!(
+        hook["clientConfig"],
+        json!({"service": {"name": "regcred-webhook", "namespace": "regcred",
+                           "path": "/mutate", "port": 443}}),
+        "no caBundle: regcred fills it and helm must not take it back"
+    );
+    assert_eq!(
+        hook["namespaceSelector"],
+        json!({"matchLabels": {"team": "payments"}, "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["regcred", "kube-system"]},
+            {"key": "regcred.io/inject", "operator": "NotIn", "values": ["false"]}]})
+    );
+    assert_eq!(
+        hook["objectSelector"],
+        json!({"matchExpressions": [{"key": "regcred.io/inject", "operator": "NotIn", "values": ["false"]}]})
+    );
+    let service = named(&objects, "Service", "regcred-webhook");
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}])
+    );
+    let deployment = one(&objects, "Deployment");
+    let c = container(&deployment["spec"]["template"]["spec"]);
+    assert!(
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "webhook", "containerPort": 9443, "protocol": "TCP"}))
+    );
+    for (var, value) in [
+        ("REGCRED_WEBHOOK_CONFIGURATION", "regcred"),
+        ("REGCRED_WEBHOOK_SERVICE", "regcred-webhook"),
+        ("REGCRED_WEBHOOK_SECRET", "regcred-webhook-tls"),
+        ("REGCRED_WEBHOOK_CERT_LIFETIME", "8760h"),
+        ("REGCRED_WEBHOOK_SHUTDOWN_DELAY", "5s"),
+    ] {
+        assert_eq!(env_var(c, var)["value"], value, "{var}");
+    }
+    // The chart writes webhook.enabled and webhook.port into regcred's file, which regcred
+    // accepts.
+    let text = one(&objects, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    let file: Value = serde_saphyr::from_str(text).unwrap();
+    assert_eq!(file["webhook"], json!({"enabled": true, "port": 9443}));
+    let parsed = regcred::config::Config::from_yaml(Path::new("config.yaml"), text).unwrap();
+    assert!(parsed.webhook.enabled);
+    // Hardened as ever, and the drain fits in the grace period.
+    assert_hardened(&deployment["spec"]["template"]["spec"], "regcred");
+    assert!(
+        deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64()
+            > Some(5 + 4)
+    );
+
+    // A CronJob cannot answer the API server.
+    let err = render_fails(&webhook_values(&json!({"mode": "cronjob"})));
+    assert!(
+        err.contains("webhook.enabled needs mode: controller"),
+        "{err}"
+    );
+    // The file's webhook section is the chart's to write.
+    let err = render_fails(
+        &json!({"config": {"secrets": [{"registries": ["public.ecr.aws"]}],
+                                              "webhook": {"enabled": true}}}),
+    );
+    assert!(err.contains("webhook"), "{err}");
+}
+
+#[test]
+fn with_cert_manager_the_chart_asks_it_for_the_certificate_and_grants_nothing_for_one() {
+    let objects = render(&webhook_values(
+        &json!({"webhook": {"certManager": {"enabled": true}}}),
+    ));
+    let config = one(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "regcred/regcred-webhook"
+    );
+    let cert = one(&objects, "Certificate");
+    assert_eq!(cert["spec"]["secretName"], "regcred-webhook-cert");
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        json!(["regcred-webhook.regcred.svc"])
+    );
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "regcred-webhook");
+    assert!(one(&objects, "Issuer")["spec"]["selfSigned"].is_object());
+    let deployment = one(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = container(pod);
+    assert_eq!(
+        env_var(c, "REGCRED_WEBHOOK_CERT_DIR")["value"],
+        "/var/run/secrets/regcred/webhook-tls"
+    );
+    assert!(!env_names(c).contains("REGCRED_WEBHOOK_SECRET"));
+    assert!(pod["volumes"].as_array().unwrap().contains(
+        &json!({"name": "webhook-tls", "secret": {"secretName": "regcred-webhook-cert"}})
+    ));
+    // regcred writes neither a Secret nor the caBundle: the usual rules, nothing more.
+    assert_eq!(
+        rules(one(&objects, "ClusterRole")),
+        chart_cluster_rules(&["regcred"], false)
+    );
+    assert_eq!(
+        rules(one(&objects, "Role")),
+        chart_namespace_rules("regcred")
+    );
+    // An issuer of one's own.
+    let objects = render(&webhook_values(&json!({"webhook": {"certManager": {
+        "enabled": true, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}})));
+    assert!(!kinds(&objects).contains("Issuer"));
+    assert_eq!(
+        one(&objects, "Certificate")["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    let file = values_file(&webhook_values(
+        &json!({"webhook": {"certManager": {"enabled": true}}}),
+    ));
+    let out = helm(&[
+        "lint",
+        "--strict",
+        chart_dir().to_str().unwrap(),
+        "-f",
+        file.path().to_str().unwrap(),
+    ]);
+    ok("helm lint with the webhook and cert-manager", &out);
+}
+
+/// With the webhook on, the chart's RBAC is the harness's plus the webhook's two
+/// name-scoped rules — what every webhook test runs regcred under.
+#[test]
+fn the_charts_webhook_rbac_is_the_harness_least_privilege() {
+    let objects = render(&webhook_values(&json!({})));
+    let mut cluster = chart_cluster_rules(&["regcred"], false);
+    cluster.extend(common::webhook::chart_webhook_cluster_rules("regcred"));
+    assert_eq!(rules(one(&objects, "ClusterRole")), cluster);
+    let mut namespaced = chart_namespace_rules("regcred");
+    namespaced.extend(common::webhook::chart_webhook_namespace_rules(
+        "regcred-webhook-tls",
+    ));
+    assert_eq!(rules(one(&objects, "Role")), namespaced);
+}
+
+#[tokio::test]
+async fn helm_install_with_the_webhook_registers_it_and_regcred_keeps_its_ca_bundle() {
+    use common::webhook::{ca_bundle, create_pod, pod, pull_secrets, wait_injecting};
+    let admin = stack().admin().await;
+    let release = unique("regcred");
+    let secret = unique("pull");
+    let prefix = unique("chart");
+    let port = free_port();
+    let values = |timeout: u32| {
+        json!({
+            "config": {"secrets": [{
+                "name": secret,
+                "registries": [stack_registry()],
+                "namespaces": {"include": [format!("{prefix}-*")]},
+            }]},
+            "webhook": {"enabled": true, "port": port, "timeoutSeconds": timeout,
+                        "namespaceSelector": {"matchLabels": {"regcred-webhook-test": prefix}}},
+        })
+    };
+    install(&release, &release, &values(5));
+    let (_dir, config) = installed_config(&admin, &release, &release).await;
+    let who = identity_of(&admin, &release, &release).await;
+    // The API server accepted the chart's configuration, without a caBundle.
+    assert!(ca_bundle(&admin, &release).await.is_empty());
+
+    let run = run_like_the_deployment(&admin, &release, &who, &config).await;
+    run.wait_ready(Duration::from_mins(1)).await;
+    let bundle = wait_for(
+        "regcred to publish its CA",
+        Duration::from_secs(30),
+        || async { Some(ca_bundle(&admin, &release).await).filter(|b| !b.is_empty()) },
+    )
+    .await;
+    let tls = get_secret(&admin, &release, &format!("{release}-webhook-tls"))
+        .await
+        .expect("the webhook Secret");
+    assert_eq!(tls.data.unwrap()["ca.crt"].0, bundle);
+
+    // The chart's rules and selectors at work: pointed at this host, the API server calls
+    // it and the pod gets the secret.
+    point_webhook(
+        &admin,
+        &release,
+        json!({"service": null,
+        "url": format!("https://127.0.0.1:{port}/mutate")}),
+    )
+    .await;
+    let ns = format!("{prefix}-a");
+    create_namespace(&admin, &ns, &[("regcred-webhook-test", &prefix)]).await;
+    let _ = Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+        )
+        .await;
+    let image = stack().var("REGCRED_TEST_IMAGE");
+    wait_injecting(&admin, &ns, image, &secret, Duration::from_secs(30)).await;
+    let admitted = create_pod(&admin, &ns, &pod("app", &[image], &[], &[])).await;
+    assert_eq!(pull_secrets(&admitted), vec![secret.clone()]);
+    let log = run.log_text();
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+
+    // helm upgrade leaves the caBundle alone (its manifests never set it): with regcred
+    // stopped, nobody could put it back. (The clientConfig goes back to the chart's first.)
+    drop(run);
+    point_webhook(&admin, &release, json!({"url": null, "service": {
+        "name": format!("{release}-webhook"), "namespace": release, "path": "/mutate", "port": 443}}))
+    .await;
+    let file = values_file(&values(4));
+    let out = helm(&[
+        "upgrade",
+        &release,
+        chart_dir().to_str().unwrap(),
+        "--namespace",
+        &release,
+        "-f",
+        file.path().to_str().unwrap(),
+    ]);
+    ok("helm upgrade", &out);
+    assert_eq!(ca_bundle(&admin, &release).await, bundle);
+
+    // Name-scoped: its own configuration and Secret, nothing else.
+    assert_webhook_rbac_is_name_scoped(&admin, &release, &secret, who).await;
+    ok(
+        "helm uninstall",
+        &helm(&["uninstall", &release, "--namespace", &release]),
+    );
+}
+
+/// `regcred run` as the chart's Deployment runs it — its arguments and its webhook
+/// environment — acting as the chart's ServiceAccount; for the test also on 127.0.0.1 (the
+/// stack has no Service routing).
+async fn run_like_the_deployment(
+    admin: &kube::Client,
+    release: &str,
+    who: &Identity,
+    config: &Path,
+) -> Running {
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), release)
+        .get(release)
+        .await
+        .unwrap();
+    let c = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let (mut cmd, _key) = regcred(who);
+    for var in c.env.unwrap_or_default() {
+        if var.name.starts_with("REGCRED_WEBHOOK_") {
+            cmd.env(&var.name, var.value.unwrap_or_default());
+        }
+    }
+    cmd.env("POD_NAMESPACE", release);
+    let args: Vec<String> = c
+        .args
+        .unwrap()
+        .into_iter()
+        .skip(1) // "run": Running adds it.
+        .filter(|a| !a.starts_with("0.0.0.0:") && a != "--admin-addr")
+        .map(|a| {
+            if a == "/etc/regcred/config.yaml" {
+                config.to_str().unwrap().to_owned()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--webhook-address",
+        "127.0.0.1",
+        "--webhook-host",
+        "127.0.0.1",
+    ]);
+    Running::start(cmd, &args)
+}
+
+/// The chart's ServiceAccount may touch its own webhook configuration and Secret, and
+/// nothing else of the kind.
+async fn assert_webhook_rbac_is_name_scoped(
+    admin: &kube::Client,
+    release: &str,
+    secret: &str,
+    who: Identity,
+) {
+    let it = Installed {
+        admin: admin.clone(),
+        release: release.to_owned(),
+        secret: secret.to_owned(),
+        prefix: String::new(),
+        who,
+        config: PathBuf::new(),
+        _config_dir: tempfile::tempdir().unwrap(),
+    };
+    let webhook_secret = format!("{release}-webhook-tls");
+    for ask in [
+        format!("get mutatingwebhookconfigurations.admissionregistration.k8s.io /{release}"),
+        format!("patch mutatingwebhookconfigurations.admissionregistration.k8s.io /{release}"),
+        format!("update secrets {release}/{webhook_secret}"),
+        format!("get secrets {release}/{webhook_secret}"),
+    ] {
+        assert!(it.may_ask(&ask).await, "{ask} should be allowed");
+    }
+    for ask in [
+        "patch mutatingwebhookconfigurations.admissionregistration.k8s.io /other".to_owned(),
+        "list mutatingwebhookconfigurations.admissionregistration.k8s.io /".to_owned(),
+        "create mutatingwebhookconfigurations.admissionregistration.k8s.io /".to_owned(),
+        "delete mutatingwebhookconfigurations.admissionregistration.k8s.io /".to_owned() + release,
+        "patch validatingwebhookconfigurations.admissionregistration.k8s.io /".to_owned() + release,
+        format!("get secrets {release}/other"),
+        format!("update secrets default/{webhook_secret}"),
+        format!("get secrets default/{webhook_secret}"),
+        format!("delete secrets {release}/{webhook_secret}"),
+    ] {
+        assert!(!it.may_ask(&ask).await, "{ask} should be refused");
+    }
+}
+
+/// Sets the clientConfig (all but its caBundle) of the chart's webhook, as admin.
+async fn point_webhook(admin: &kube::Client, name: &str, client_config: Value) {
+    let patch =
+        json!({"webhooks": [{"name": "pull-secrets.regcred.io", "clientConfig": client_config}]});
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        admin.clone(),
+    )
+    .patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&patch),
+    )
+    .await
+    .unwrap();
+}

@@ -23,6 +23,8 @@ use k8s_openapi::api::rbac::v1::{
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub mod webhook;
+
 pub const FIELD_MANAGER: &str = "regcred";
 
 /// The running stack: its environment (from `.testenv/env`) and paths.

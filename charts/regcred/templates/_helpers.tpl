@@ -67,10 +67,28 @@ app.kubernetes.io/part-of: regcred
 {{- $patch }}
 {{- end }}
 
+{{/* The admission webhook's Service, and the Secret regcred keeps its certificate in. */}}
+{{- define "regcred.webhookService" -}}
+{{- printf "%s-webhook" (include "regcred.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "regcred.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "regcred.fullname" .) }}
+{{- end }}
+
+{{/* "true" when regcred makes and rotates the webhook's certificate itself (then it needs
+     its Secret and the configuration's caBundle); "false" with cert-manager or no webhook. */}}
+{{- define "regcred.webhookOwnCert" -}}
+{{- and .Values.webhook.enabled (not .Values.webhook.certManager.enabled) }}
+{{- end }}
+
 {{/* Fails the render early on values regcred could never run with. */}}
 {{- define "regcred.validate" -}}
 {{- if not (has .Values.mode (list "controller" "cronjob")) }}
 {{- fail (printf "mode must be controller or cronjob, not %q" .Values.mode) }}
+{{- end }}
+{{- if and .Values.webhook.enabled (ne .Values.mode "controller") }}
+{{- fail "webhook.enabled needs mode: controller (a CronJob cannot answer the API server)" }}
 {{- end }}
 {{- if not .Values.config.secrets }}
 {{- fail "config.secrets must list at least one secret" }}
@@ -174,6 +192,9 @@ containers:
       {{- end }}
       {{- end }}
       {{- end }}
+      {{- with .env }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
       {{- with $root.Values.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -199,6 +220,9 @@ containers:
       - name: aws-token
         mountPath: /var/run/secrets/regcred/aws
         readOnly: true
+      {{- end }}
+      {{- with .volumeMounts }}
+      {{- toYaml . | nindent 6 }}
       {{- end }}
 volumes:
   - name: config
@@ -234,6 +258,9 @@ volumes:
             audience: {{ .audience }}
             expirationSeconds: {{ .expirationSeconds }}
   {{- end }}
+  {{- end }}
+  {{- with .volumes }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- with $root.Values.nodeSelector }}
 nodeSelector:
