@@ -310,3 +310,21 @@ async fn race_of_one_apply_namespace_serviceaccount_deployment_is_measured() {
     // those without it may have failed.
     assert!(race.pull_failed <= race.without_secret, "{race:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_webhook_no_pod_of_the_one_apply_race_misses_its_secret() {
+    node();
+    tokio::task::spawn_blocking(common::image::on_the_node)
+        .await
+        .unwrap();
+    let tries = 10;
+    let race = common::race::race(tries, &common::race::webhook_on_the_node()).await;
+    eprintln!(
+        "race with the webhook (chart, regcred on the node): {} of {} pods created without \
+         the pull secret, {} pulls failed",
+        race.without_secret, race.tries, race.pull_failed
+    );
+    assert_eq!(race.tries, tries);
+    assert_eq!(race.without_secret, 0, "{race:?}");
+    assert_eq!(race.pull_failed, 0, "{race:?}");
+}

@@ -556,11 +556,17 @@ async fn measure_pods(t0: Instant) -> Pods {
     let tries = usize::try_from(setting("BENCH_RACE_TRIES", 20)).unwrap();
     say(t0, &format!("the one-apply race, {tries} times"));
     let race = common::race::race(tries, &json!({})).await;
+    say(
+        t0,
+        &format!("the one-apply race with the webhook, {tries} times"),
+    );
+    let race_webhook = common::race::race(tries, &common::race::webhook_on_the_node()).await;
     Pods {
         ttl: settings.ttl,
         lifetimes: settings.lifetimes,
         every: settings.every,
         outcomes,
         race,
+        race_webhook,
     }
 }

@@ -71,6 +71,9 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
     json_merge(&mut values, extra);
     let release = Release::install(&admin, "regcred-race", &key, &values).await;
     release.wait_available(&admin, Duration::from_mins(3)).await;
+    if values["webhook"]["enabled"] == true {
+        wait_ca_bundle(&admin, &release.name).await;
+    }
     let image = stack().var("REGCRED_TEST_IMAGE").to_owned();
     let mut result = Race::default();
     let dir = tempfile::tempdir().unwrap();
@@ -118,6 +121,24 @@ pub async fn race(tries: usize, extra: &serde_json::Value) -> Race {
     }
     drop(release);
     result
+}
+
+/// Chart values that turn the webhook on, the API server calling it on this host.
+pub fn webhook_on_the_node() -> serde_json::Value {
+    let port = super::free_port();
+    json!({"webhook": {"enabled": true, "port": port, "url": format!("https://127.0.0.1:{port}/mutate")}})
+}
+
+/// Waits until regcred published its CA in the webhook configuration `name`.
+async fn wait_ca_bundle(admin: &kube::Client, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let api = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    wait_for("the webhook's caBundle", Duration::from_mins(1), || async {
+        let config = api.get_opt(name).await.ok()??;
+        let bundle = config.webhooks?.first()?.client_config.ca_bundle.clone()?;
+        (!bundle.0.is_empty()).then_some(())
+    })
+    .await;
 }
 
 /// Merges `extra` into `into`, objects key by key.

@@ -129,7 +129,8 @@ pub async fn ca_bundle(admin: &kube::Client, name: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// A pod with these container and init container images.
+/// A pod with these container and init container images. It is for admission only: its
+/// node selector matches no node, so the stack's kubelet never runs it.
 pub fn pod(name: &str, images: &[&str], init_images: &[&str], labels: &[(&str, &str)]) -> Pod {
     let containers = |images: &[&str], prefix: &str| -> Vec<serde_json::Value> {
         images
@@ -148,6 +149,7 @@ pub fn pod(name: &str, images: &[&str], init_images: &[&str], labels: &[(&str, &
         "spec": {
             "containers": containers(images, "c"),
             "initContainers": containers(init_images, "i"),
+            "nodeSelector": {"regcred.test/run-here": "never"},
         },
     }))
     .unwrap()

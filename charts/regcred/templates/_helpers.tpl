@@ -72,6 +72,13 @@ app.kubernetes.io/part-of: regcred
 {{- printf "%s-webhook" (include "regcred.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The host (name or IP, no port) of webhook.url, or "" without one. */}}
+{{- define "regcred.webhookUrlHost" -}}
+{{- with .Values.webhook.url }}
+{{- regexReplaceAll ":[0-9]+$" (urlParse .).host "" | trimPrefix "[" | trimSuffix "]" }}
+{{- end }}
+{{- end }}
+
 {{- define "regcred.webhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "regcred.fullname" .) }}
 {{- end }}
