@@ -21,6 +21,8 @@ CACHE=${REGCRED_CACHE_DIR:-$HOME/.cache/regcred}
 OFF=${REGCRED_TEST_PORT_OFFSET:-0}
 [[ $OFF =~ ^[0-9]?00$|^0$ ]] || { echo "testenv: REGCRED_TEST_PORT_OFFSET must be 0, 100, 200 ... 900" >&2; exit 2; }
 ETCD_PORT=$((23790 + OFF)) ETCD_PEER_PORT=$((23800 + OFF)) APISERVER_PORT=$((26443 + OFF))
+# start-apiserver.sh reads the etcd to use from the environment: this stack's, never another's.
+export REGCRED_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
 AWS_PORT=$((25000 + OFF)) PUBLIC_PORT=$((25001 + OFF)) REGISTRY_PORT=$((25002 + OFF))
 ACCOUNT=123456789012
 PASSWORD=$ACCOUNT-auth-token # the password in moto's ECR token (moto/ecr/responses.py)
