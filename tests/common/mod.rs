@@ -17,6 +17,8 @@ use k8s_openapi::api::rbac::v1::{
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub mod helm;
+
 pub const FIELD_MANAGER: &str = "regcred";
 
 /// The running stack: its environment (from `.testenv/env`) and paths.
