@@ -111,6 +111,9 @@ impl ServiceAccounts {
 /// How long ECR's `GetAuthorizationToken` tokens live.
 pub const ECR_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(12);
 
+/// The shortest `refresh.retryMin`: below it, retries would hammer AWS and the API server.
+pub const MIN_RETRY: SignedDuration = SignedDuration::from_secs(1);
+
 /// Timing of token renewal and of retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refresh {
@@ -628,6 +631,15 @@ impl File {
                 ),
             ));
         }
+        if refresh.retry_min < MIN_RETRY {
+            return Err((
+                "refresh.retryMin".into(),
+                format!(
+                    "{:#} is too short: at least {MIN_RETRY:#} (a failing token source or API call would be retried in a tight loop)",
+                    refresh.retry_min
+                ),
+            ));
+        }
         if refresh.retry_min > refresh.retry_max {
             return Err((
                 "refresh.retryMin".into(),
@@ -786,6 +798,11 @@ refresh:
                 "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: 12h}\n",
                 "refresh.before",
                 "not shorter than",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 100ms}\n",
+                "refresh.retryMin",
+                "at least 1s",
             ),
             (
                 "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n",
