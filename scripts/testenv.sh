@@ -21,8 +21,6 @@ CACHE=${REGCRED_CACHE_DIR:-$HOME/.cache/regcred}
 OFF=${REGCRED_TEST_PORT_OFFSET:-0}
 [[ $OFF =~ ^[0-9]?00$|^0$ ]] || { echo "testenv: REGCRED_TEST_PORT_OFFSET must be 0, 100, 200 ... 900" >&2; exit 2; }
 ETCD_PORT=$((23790 + OFF)) ETCD_PEER_PORT=$((23800 + OFF)) APISERVER_PORT=$((26443 + OFF))
-# start-apiserver.sh reads the etcd to use from the environment: this stack's, never another's.
-export REGCRED_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
 AWS_PORT=$((25000 + OFF)) PUBLIC_PORT=$((25001 + OFF)) REGISTRY_PORT=$((25002 + OFF))
 ACCOUNT=123456789012
 PASSWORD=$ACCOUNT-auth-token # the password in moto's ECR token (moto/ecr/responses.py)
@@ -217,7 +215,7 @@ EOF
 svc_cmd() {
   case $1 in
     etcd) echo "$TESTENV/start-etcd.sh $ETCD_PORT $ETCD_PEER_PORT $STATE/data/etcd" ;;
-    kube-apiserver) echo "$TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
+    kube-apiserver) echo "env REGCRED_TEST_ETCD=http://127.0.0.1:$ETCD_PORT $TESTENV/start-apiserver.sh $APISERVER_PORT /registry $STATE" ;;
     fake-aws) echo "$VENV/bin/python $TESTENV/fake_aws.py --port $AWS_PORT --public-port $PUBLIC_PORT --log $STATE/logs/fake-aws.log" ;;
     registry) echo "/usr/bin/docker-registry serve $STATE/registry/config.yml" ;;
   esac
