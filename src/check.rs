@@ -158,7 +158,7 @@ pub fn required_permissions(
         .map(|verb| Permission::new("", "namespaces", verb))
         .collect();
     needed.push(Permission::new("", "secrets", "create"));
-    for name in config.secret_names() {
+    for name in config.managed_names() {
         for verb in ["get", "list", "watch", "patch", "update", "delete"] {
             needed.push(Permission {
                 name: Some(name.clone()),

@@ -47,6 +47,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     pub secrets: Vec<SecretConfig>,
     pub refresh: Refresh,
+    /// Names regcred's secrets had before a rename: regcred removes its secrets of these
+    /// names (and the references to them) everywhere.
+    pub former_names: BTreeSet<SecretName>,
 }
 
 /// One managed Secret name and what goes in it, where.
@@ -149,6 +152,15 @@ impl Config {
         self.secrets.iter().map(|s| s.name.to_string()).collect()
     }
 
+    /// Every secret name regcred looks after: the configured ones and the former ones (whose
+    /// secrets it removes).
+    #[must_use]
+    pub fn managed_names(&self) -> BTreeSet<String> {
+        let mut names = self.secret_names();
+        names.extend(self.former_names.iter().map(ToString::to_string));
+        names
+    }
+
     /// Whether any secret patches ServiceAccounts.
     #[must_use]
     pub fn patches_service_accounts(&self) -> bool {
@@ -245,6 +257,15 @@ pub struct ConfigArgs {
     /// Take over an existing secret of the same name that regcred did not create.
     #[arg(long, env = "REGCRED_ADOPT")]
     pub adopt: bool,
+    /// A name regcred's secret had before (repeatable): its secrets of that name, and the
+    /// references to them, are removed (RBAC must still allow that name).
+    #[arg(
+        long = "former-secret-name",
+        env = "REGCRED_FORMER_SECRET_NAMES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub former_names: Vec<SecretName>,
 }
 
 fn parse_registry(s: &str) -> Result<Registry, registry::Error> {
@@ -260,6 +281,7 @@ impl ConfigArgs {
             || self.namespace_selector.is_some()
             || !self.service_accounts.is_empty()
             || self.adopt
+            || !self.former_names.is_empty()
     }
 
     /// The configuration, from the file or from the flags (not both).
@@ -269,8 +291,8 @@ impl ConfigArgs {
                 return Err(Error::Flag {
                     flag: "config",
                     message: "cannot be combined with --registry, --secret-name, --namespace, \
-                              --exclude-namespace, --namespace-selector, --service-account or \
-                              --adopt; put those in the file"
+                              --exclude-namespace, --namespace-selector, --service-account, \
+                              --adopt or --former-secret-name; put those in the file"
                         .into(),
                 });
             }
@@ -317,9 +339,17 @@ impl ConfigArgs {
                 });
             }
         }
+        let former_names: BTreeSet<SecretName> = self.former_names.iter().cloned().collect();
+        if former_names.contains(&secret.name) {
+            return Err(Error::Flag {
+                flag: "former-secret-name",
+                message: format!("{} is the secret's name now", secret.name),
+            });
+        }
         Ok(Config {
             secrets: vec![secret],
             refresh: Refresh::default(),
+            former_names,
         })
     }
 }
@@ -483,6 +513,8 @@ struct SecretEntry {
     service_accounts: Vec<ServiceAccountName>,
     #[serde(default)]
     adopt: bool,
+    #[serde(default)]
+    former_names: Vec<SecretName>,
 }
 
 #[derive(Default, Deserialize)]
@@ -583,6 +615,21 @@ impl File {
         if self.secrets.is_empty() {
             return Err(("secrets".into(), "at least one entry is needed".into()));
         }
+        let current: BTreeSet<&SecretName> = self.secrets.iter().map(|s| &s.name).collect();
+        let mut former_names = BTreeSet::new();
+        for (i, s) in self.secrets.iter().enumerate() {
+            for (j, name) in s.former_names.iter().enumerate() {
+                if current.contains(name) {
+                    return Err((
+                        format!("secrets[{i}].formerNames[{j}]"),
+                        format!(
+                            "{name} is the name of a secret now; a former name must not be in use"
+                        ),
+                    ));
+                }
+                former_names.insert(name.clone());
+            }
+        }
         let mut secrets = Vec::with_capacity(self.secrets.len());
         for (i, s) in self.secrets.into_iter().enumerate() {
             if s.registries.is_empty() {
@@ -649,7 +696,11 @@ impl File {
                 ),
             ));
         }
-        Ok(Config { secrets, refresh })
+        Ok(Config {
+            secrets,
+            refresh,
+            former_names,
+        })
     }
 }
 
@@ -820,6 +871,16 @@ refresh:
                 "listed twice",
             ),
             ("secrets: []\n", "secrets", "at least one"),
+            (
+                "secrets:\n  - name: a\n    registries: [public.ecr.aws]\n  - name: b\n    registries: [public.ecr.aws]\n    formerNames: [c, a]\n",
+                "secrets[1].formerNames[1]",
+                "a is the name of a secret now",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    formerNames: [Old_Name]\n",
+                "secrets[0].formerNames[0]",
+                "not a valid Secret name",
+            ),
         ];
         for (yaml, field, message) in cases {
             let (got_field, got_message) = field_error(yaml);
@@ -827,6 +888,19 @@ refresh:
             assert!(got_message.contains(message), "{yaml}: {got_message}");
         }
         assert!(matches!(load("secrets: [\n"), Err(Error::Yaml { .. })));
+    }
+
+    #[test]
+    fn former_names_are_looked_after_too() {
+        let c = load(
+            "secrets:\n  - name: ecr\n    registries: [public.ecr.aws]\n    formerNames: [regcred, old]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.managed_names().into_iter().collect::<Vec<_>>(),
+            ["ecr", "old", "regcred"]
+        );
+        assert_eq!(c.secret_names().len(), 1);
     }
 
     #[test]

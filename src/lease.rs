@@ -5,6 +5,7 @@
 //! changed for its whole duration, as seen by this replica's own clock, is free to take.
 //! Clocks of different nodes are never compared.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -43,6 +44,10 @@ pub struct LeaseArgs {
 pub struct Timing {
     /// How long a Lease stays held without renewal.
     pub duration: Duration,
+    /// How long the holder keeps leading without a successful renewal, counted from the start
+    /// of the last one that succeeded: two thirds of the duration, so it has stopped writing
+    /// well before any other replica may take the Lease.
+    pub renew_deadline: Duration,
     /// How often the holder renews and the others look.
     pub retry: Duration,
 }
@@ -52,8 +57,148 @@ impl Timing {
     pub fn new(duration: Duration) -> Self {
         Self {
             duration,
+            renew_deadline: duration * 2 / 3,
             retry: (duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2)),
         }
+    }
+}
+
+/// What the election concluded for this replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Leadership {
+    /// Another replica leads, or the election has not answered yet.
+    #[default]
+    Standby,
+    /// This replica leads. `term` counts the times it took the Lease (from 1): work begun in
+    /// one term is never carried into another.
+    Leading { term: u64 },
+}
+
+impl Leadership {
+    #[must_use]
+    pub fn is_leading(self) -> bool {
+        matches!(self, Self::Leading { .. })
+    }
+
+    #[must_use]
+    pub fn term(self) -> Option<u64> {
+        match self {
+            Self::Leading { term } => Some(term),
+            Self::Standby => None,
+        }
+    }
+}
+
+/// Until when, on this replica's own clock, the Lease is surely still its own, and in which
+/// term: the renew deadline after the start of the last renewal that succeeded.
+#[derive(Debug, Default)]
+struct Validity(Mutex<Option<(u64, Instant)>>);
+
+impl Validity {
+    fn get(&self) -> Option<(u64, Instant)> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, value: Option<(u64, Instant)>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+}
+
+/// The election as the rest of the controller sees it: whether this replica leads, and the
+/// right to write.
+#[derive(Clone, Debug)]
+pub struct Election {
+    leadership: watch::Receiver<Leadership>,
+    validity: Arc<Validity>,
+}
+
+impl Election {
+    /// Leadership as it changes (the first answer of the election is always announced).
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// The fence of the current term, if this replica leads.
+    #[must_use]
+    pub fn fence(&self) -> Option<Fence> {
+        let term = self.leadership.borrow().term()?;
+        Some(Fence {
+            term,
+            validity: self.validity.clone(),
+        })
+    }
+}
+
+/// The right to write for work begun in one term: it lasts while this replica leads in that
+/// term and its Lease is surely its own, and not a moment longer.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    term: u64,
+    validity: Arc<Validity>,
+}
+
+impl Fence {
+    #[must_use]
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// How long writes of this term may still go on; `None` once the term is over.
+    #[must_use]
+    pub fn remaining(&self) -> Option<Duration> {
+        match self.validity.get() {
+            Some((term, until)) if term == self.term => until
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a write was not made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no longer the leader: left to the next one")]
+pub struct NotLeading;
+
+/// How long the next API call of a piece of work may take: [`API_TIMEOUT`], or less when the
+/// work is fenced and its term ends sooner — after which no call is made at all.
+#[derive(Clone, Debug, Default)]
+pub struct Permit(Option<Fence>);
+
+impl Permit {
+    /// No election (`sync`, `cleanup`): every call may take [`API_TIMEOUT`].
+    #[must_use]
+    pub fn always() -> Self {
+        Self(None)
+    }
+
+    #[must_use]
+    pub fn fenced(fence: Fence) -> Self {
+        Self(Some(fence))
+    }
+
+    /// The time the next call may take, or why it may not be made.
+    pub fn next_call(&self) -> Result<Duration, NotLeading> {
+        match &self.0 {
+            None => Ok(API_TIMEOUT),
+            Some(fence) => fence
+                .remaining()
+                .map(|left| left.min(API_TIMEOUT))
+                .ok_or(NotLeading),
+        }
+    }
+
+    /// Whether work under this permit may still write.
+    #[must_use]
+    pub fn holds(&self) -> bool {
+        self.next_call().is_ok()
     }
 }
 
@@ -108,70 +253,156 @@ pub fn decide(
     }
 }
 
-/// Runs the election until `shutdown` fires, publishing whether this replica leads (the
-/// first outcome always, later ones when they change). On shutdown the Lease is released,
-/// so another replica takes over at once.
-pub async fn run(
+/// How long one round of the election may take: until the Lease stops being surely ours
+/// while leading (so a hung call can never keep a leader writing past that), the renew
+/// deadline otherwise.
+fn round_budget(held_until: Option<Instant>, started: Instant, timing: Timing) -> Duration {
+    held_until.map_or(timing.renew_deadline, |until| {
+        until.saturating_duration_since(started)
+    })
+}
+
+/// Starts the election: its handle for the rest of the controller, and the task that runs it
+/// until `shutdown` fires. On shutdown this replica stops leading at once (no write starts
+/// after that) but does not release the Lease: see [`release`], for once nothing writes any
+/// more. The task returns whether it held the Lease when it stopped.
+#[must_use]
+pub fn start(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    me: String,
+    timing: Timing,
+    shutdown: watch::Receiver<bool>,
+) -> (Election, tokio::task::JoinHandle<bool>) {
+    let (tx, rx) = watch::channel(Leadership::Standby);
+    let validity = Arc::new(Validity::default());
+    let election = Election {
+        leadership: rx,
+        validity: validity.clone(),
+    };
+    let task = tokio::spawn(async move {
+        run(
+            client, &namespace, &name, &me, timing, &tx, &validity, shutdown,
+        )
+        .await
+    });
+    (election, task)
+}
+
+#[allow(clippy::too_many_arguments)] // One election's settings, passed once.
+async fn run(
     client: kube::Client,
     namespace: &str,
     name: &str,
     me: &str,
     timing: Timing,
-    leading: watch::Sender<bool>,
+    leading: &watch::Sender<Leadership>,
+    validity: &Validity,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let mut seen: Seen = None;
-    let mut last_renewal = Instant::now();
+    let mut terms = 0;
     let mut first = true;
     loop {
-        let outcome =
-            tokio::time::timeout(API_TIMEOUT, step(&api, name, me, timing, &mut seen)).await;
-        let now_leading = match outcome {
-            Ok(Ok(lead)) => {
-                if lead {
-                    last_renewal = Instant::now();
-                }
-                lead
+        let started = Instant::now();
+        let held = validity.get();
+        let budget = round_budget(held.map(|(_, until)| until), started, timing);
+        let round = tokio::time::timeout(budget, step(&api, name, me, timing, &mut seen));
+        let outcome = tokio::select! {
+            outcome = round => outcome,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let still_held = || held.is_some_and(|(_, until)| Instant::now() < until);
+        let now = match outcome {
+            Ok(Ok(true)) => {
+                let term = match held {
+                    Some((term, _)) if still_held() => term,
+                    _ => {
+                        terms += 1;
+                        terms
+                    }
+                };
+                // Measured from before the request: the others count from when they see it.
+                validity.set(Some((term, started + timing.renew_deadline)));
+                Leadership::Leading { term }
             }
+            Ok(Ok(false)) => Leadership::Standby,
             Ok(Err(e)) => {
                 tracing::warn!(lease = name, namespace, error = %crate::chain(&e), "leader election");
-                // Keep leading through brief API trouble, but never past the Lease's duration
-                // (less a margin), after which another replica may take it.
-                *leading.borrow() && last_renewal.elapsed() < timing.duration * 2 / 3
+                // Keep leading through brief API trouble, never past the renew deadline.
+                held.filter(|_| still_held())
+                    .map_or(Leadership::Standby, |(term, _)| Leadership::Leading {
+                        term,
+                    })
             }
-            Err(_) => *leading.borrow() && last_renewal.elapsed() < timing.duration * 2 / 3,
+            Err(_) => {
+                tracing::warn!(lease = name, namespace, after = ?budget, "leader election: no answer");
+                held.filter(|_| still_held())
+                    .map_or(Leadership::Standby, |(term, _)| Leadership::Leading {
+                        term,
+                    })
+            }
         };
-        if *leading.borrow() != now_leading {
+        if !now.is_leading() {
+            // No write of this replica starts after this.
+            validity.set(None);
+        }
+        if *leading.borrow() != now {
             tracing::info!(
                 lease = name,
                 namespace,
                 identity = me,
-                leading = now_leading,
+                leading = now.is_leading(),
+                term = now.term(),
                 "leadership changed"
             );
-            let _ = leading.send(now_leading);
+            leading.send_replace(now);
         } else if first {
-            // Announced even when it stays `false`: until the first answer nobody knows
-            // whether this replica is a standby (readiness waits for it).
-            let _ = leading.send(now_leading);
+            // Announced even when it stays standby: until the first answer nobody knows
+            // whether this replica is one (readiness waits for it).
+            leading.send_replace(now);
         }
         first = false;
+        // The next round starts in time to renew before the deadline (a round itself never
+        // outlasts it).
+        let next = match validity.get() {
+            Some((_, until)) => timing
+                .retry
+                .min(until.saturating_duration_since(Instant::now())),
+            None => timing.retry,
+        };
         tokio::select! {
-            () = tokio::time::sleep(timing.retry) => {}
+            () = tokio::time::sleep(next) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    if *leading.borrow() {
-        let _ = leading.send(false);
-        if let Err(e) = tokio::time::timeout(API_TIMEOUT, release(&api, name, me))
-            .await
-            .unwrap_or(Ok(()))
-        {
+    // Stop leading before anything else; the Lease is released once nothing writes.
+    let held = validity.get().is_some();
+    validity.set(None);
+    if leading.borrow().is_leading() {
+        leading.send_replace(Leadership::Standby);
+    }
+    held
+}
+
+/// Gives the Lease up (empties its holder) if this replica still holds it, so another takes
+/// over at once; bounded by `within`.
+pub async fn release(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    me: &str,
+    within: Duration,
+) {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    match tokio::time::timeout(within, give_up(&api, name, me)).await {
+        Ok(Ok(())) => tracing::info!(lease = name, "released the Lease"),
+        Ok(Err(e)) => {
             tracing::warn!(lease = name, error = %crate::chain(&e), "could not release the Lease");
-        } else {
-            tracing::info!(lease = name, "released the Lease");
         }
+        Err(_) => tracing::warn!(lease = name, "could not release the Lease in time"),
     }
 }
 
@@ -242,8 +473,8 @@ fn held_by(me: &str, acquired: Option<MicroTime>, timing: Timing, transitions: i
     }
 }
 
-/// Gives the Lease up (empties its holder) if we still hold it.
-async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
+/// Empties the Lease's holder if it is still this replica.
+async fn give_up(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
     let Some(mut lease) = api.get_opt(name).await? else {
         return Ok(());
     };
@@ -308,6 +539,45 @@ mod tests {
             ),
             Decision::Take
         );
+    }
+
+    #[test]
+    fn a_round_never_outlasts_the_lease_it_holds() {
+        let timing = Timing::new(Duration::from_secs(15));
+        assert_eq!(timing.renew_deadline, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(round_budget(None, t0, timing), Duration::from_secs(10));
+        assert_eq!(
+            round_budget(Some(t0 + Duration::from_secs(4)), t0, timing),
+            Duration::from_secs(4),
+            "leading: only until the Lease stops being surely ours"
+        );
+        assert_eq!(
+            round_budget(Some(t0), t0 + Duration::from_secs(1), timing),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_fence_holds_only_in_its_term_and_before_the_deadline() {
+        let validity = Arc::new(Validity::default());
+        let fence = |term| Fence {
+            term,
+            validity: validity.clone(),
+        };
+        assert_eq!(fence(1).remaining(), None, "not leading");
+        validity.set(Some((1, Instant::now() + Duration::from_secs(5))));
+        let left = fence(1).remaining().unwrap();
+        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
+        assert_eq!(fence(2).remaining(), None, "another term");
+        let call = Permit::fenced(fence(1)).next_call().unwrap();
+        assert!(call <= left && call > Duration::from_secs(4), "{call:?}");
+        validity.set(Some((1, Instant::now())));
+        assert_eq!(fence(1).remaining(), None, "past the deadline");
+        assert_eq!(Permit::fenced(fence(1)).next_call(), Err(NotLeading));
+        validity.set(None);
+        assert!(!Permit::fenced(fence(1)).holds());
+        assert_eq!(Permit::always().next_call(), Ok(API_TIMEOUT));
     }
 
     #[test]

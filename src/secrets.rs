@@ -7,13 +7,14 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ObjectMeta;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 
 use crate::dockerconfig::{self, Entry};
 use crate::ecr::Token;
+use crate::lease::{NotLeading, Permit};
 
 /// The field manager of every write regcred makes.
 pub const FIELD_MANAGER: &str = "regcred";
@@ -85,6 +86,33 @@ pub fn kept_entries(stored: &Secret, served: &BTreeSet<&str>) -> BTreeMap<String
             !served.contains(host.as_str()) && !previously_ours.contains(host.as_str())
         })
         .collect()
+}
+
+/// What is left of a managed secret when regcred lets go of it (its namespace is no longer
+/// selected, its name no longer configured, or `cleanup`): the entries it holds for other
+/// registries — an adopted secret's, which adoption promised to keep — as someone else's
+/// secret again, without regcred's label and annotations. `None` when nothing would be left:
+/// then the secret goes.
+#[must_use]
+pub fn given_back(stored: &Secret) -> Option<Secret> {
+    let kept = kept_entries(stored, &BTreeSet::new());
+    if kept.is_empty() || !is_managed(stored) || !has_pull_secret_type(stored) {
+        return None;
+    }
+    let auths: BTreeMap<String, Entry> =
+        kept.into_iter().map(|(h, v)| (h, Entry::Kept(v))).collect();
+    let mut back = stored.clone();
+    if let Some(labels) = back.metadata.labels.as_mut() {
+        labels.remove(MANAGED_BY_LABEL);
+    }
+    if let Some(annotations) = back.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| !k.starts_with("regcred.io/"));
+    }
+    back.data.get_or_insert_with(BTreeMap::new).insert(
+        DATA_KEY.to_owned(),
+        ByteString(dockerconfig::render(&auths)),
+    );
+    Some(back)
 }
 
 /// The secret regcred wants in a namespace: served registries with their tokens, plus the
@@ -217,11 +245,25 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
-    #[error("{operation} secret {namespace}/{name}: no answer within {API_TIMEOUT:?}")]
+    #[error("give back secret {namespace}/{name}")]
+    GiveBack {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("{operation} secret {namespace}/{name}: no answer within {after:?}")]
     Timeout {
         operation: &'static str,
         namespace: String,
         name: String,
+        after: Duration,
+    },
+    #[error("{operation} secret {namespace}/{name}: {source}")]
+    NotLeading {
+        operation: &'static str,
+        namespace: String,
+        name: String,
+        source: NotLeading,
     },
 }
 
@@ -229,11 +271,18 @@ impl Error {
     /// Someone changed the secret since it was read: read again and decide again.
     #[must_use]
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Apply { source: kube::Error::Api(s), .. } | Self::Delete { source: kube::Error::Api(s), .. } if s.code == 409)
+        matches!(self, Self::Apply { source: kube::Error::Api(s), .. } | Self::Delete { source: kube::Error::Api(s), .. } | Self::GiveBack { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
+    /// The write was not made: this replica no longer leads (the next leader makes it).
+    #[must_use]
+    pub fn is_not_leading(&self) -> bool {
+        matches!(self, Self::NotLeading { .. })
     }
 }
 
-/// Writes secrets. Every call is bounded by [`API_TIMEOUT`].
+/// Writes secrets. Every call is bounded by its [`Permit`]: [`API_TIMEOUT`], or less when the
+/// controller's leadership ends sooner, and none is made after that.
 #[derive(Clone)]
 pub struct Writer {
     client: kube::Client,
@@ -242,6 +291,33 @@ pub struct Writer {
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Writer")
+    }
+}
+
+/// One call bounded by the permit, its errors given their context.
+async fn bounded<T>(
+    operation: &'static str,
+    namespace: &str,
+    name: &str,
+    permit: &Permit,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    wrap: impl FnOnce(String, String, kube::Error) -> Error,
+) -> Result<T, Error> {
+    let within = permit.next_call().map_err(|source| Error::NotLeading {
+        operation,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    match tokio::time::timeout(within, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(wrap(namespace.to_owned(), name.to_owned(), source)),
+        Err(_) => Err(Error::Timeout {
+            operation,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            after: within,
+        }),
     }
 }
 
@@ -255,7 +331,12 @@ impl Writer {
     /// regcred forces its fields, but only if nobody changed the secret since it was read;
     /// where none was stored it does not force, so a secret someone else created meanwhile
     /// is a conflict, never silently taken over.
-    pub async fn apply(&self, desired: &Secret, over: Option<&str>) -> Result<(), Error> {
+    pub async fn apply(
+        &self,
+        desired: &Secret,
+        over: Option<&str>,
+        permit: &Permit,
+    ) -> Result<(), Error> {
         let namespace = desired.metadata.namespace.clone().unwrap_or_default();
         let name = desired.metadata.name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
@@ -264,19 +345,20 @@ impl Writer {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = over.is_some();
         let patch = Patch::Apply(&body);
-        match tokio::time::timeout(API_TIMEOUT, api.patch(&name, &params, &patch)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => Err(Error::Apply {
+        bounded(
+            "apply",
+            &namespace,
+            &name,
+            permit,
+            api.patch(&name, &params, &patch),
+            |namespace, name, source| Error::Apply {
                 namespace,
                 name,
                 source,
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: "apply",
-                namespace,
-                name,
-            }),
-        }
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Deletes a secret, only if it is still the version that was read.
@@ -285,6 +367,7 @@ impl Writer {
         namespace: &str,
         name: &str,
         resource_version: Option<&str>,
+        permit: &Permit,
     ) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let params = DeleteParams {
@@ -294,20 +377,53 @@ impl Writer {
             }),
             ..DeleteParams::default()
         };
-        match tokio::time::timeout(API_TIMEOUT, api.delete(name, &params)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(kube::Error::Api(s))) if s.is_not_found() => Ok(()),
-            Ok(Err(source)) => Err(Error::Delete {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+        let deleted = bounded(
+            "delete",
+            namespace,
+            name,
+            permit,
+            api.delete(name, &params),
+            |namespace, name, source| Error::Delete {
+                namespace,
+                name,
                 source,
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: "delete",
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
+            },
+        )
+        .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(Error::Delete {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Writes back what [`given_back`] left of a secret, only if it is still the version
+    /// that was read (its resourceVersion travels with it).
+    pub async fn give_back(&self, secret: &Secret, permit: &Permit) -> Result<(), Error> {
+        let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        bounded(
+            "give back",
+            &namespace,
+            &name,
+            permit,
+            api.replace(&name, &params, secret),
+            |namespace, name, source| Error::GiveBack {
+                namespace,
+                name,
+                source,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -398,6 +514,63 @@ mod tests {
             ["ghcr.io"]
         );
         assert!(kept_entries(&stored(true, None, "{garbage"), &ours).is_empty());
+    }
+
+    #[test]
+    fn letting_go_gives_back_what_others_held_and_nothing_of_regcreds() {
+        let json = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"eDp5"}},"{A}":{{"password":"p","auth":"QVdTOnA="}}}}}}"#
+        );
+        let mut adopted = stored(true, Some(A), &json);
+        adopted
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "theirs".into());
+        adopted.metadata.annotations.as_mut().unwrap().extend([
+            (
+                EXPIRES_AT_ANNOTATION.to_owned(),
+                "2026-11-29T12:00:00Z".to_owned(),
+            ),
+            ("note".to_owned(), "theirs".to_owned()),
+        ]);
+        let back = given_back(&adopted).expect("something to give back");
+        assert!(!is_managed(&back));
+        assert_eq!(
+            back.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("team")
+                .map(String::as_str),
+            Some("theirs")
+        );
+        assert_eq!(
+            back.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["note"]
+        );
+        let doc: Value = serde_json::from_slice(payload(&back).unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"auths": {"ghcr.io": {"auth": "eDp5"}}})
+        );
+        // Only regcred's own entries: nothing to give back, the secret goes.
+        let ours = stored(
+            true,
+            Some(A),
+            &format!(r#"{{"auths":{{"{A}":{{"auth":"x"}}}}}}"#),
+        );
+        assert!(given_back(&ours).is_none());
+        assert!(
+            given_back(&stored(false, None, &json)).is_none(),
+            "not regcred's to give"
+        );
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! reconciliation whenever the tokens change or this replica becomes leader. Each
 //! reconciliation is [`reconcile::namespace`], the same code `sync` runs.
 
+mod ledger;
 mod namespace;
 mod watches;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
 use kube::api::Api;
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
 
@@ -26,15 +27,16 @@ use crate::admin::{self, Health};
 use crate::config::{Config, ConfigArgs};
 use crate::ecr::Tokens;
 use crate::events::Events;
-use crate::lease;
+use crate::lease::{self, Election, Leadership};
 use crate::metrics::Metrics;
 use crate::reconcile::TokenView;
 use crate::refresher::Refresher;
 use crate::secrets::Writer;
 use crate::{Error, Exit};
 
-use namespace::{Ctx, error_policy, reconcile_namespace};
-use watches::{Change, changes, namespace_of, reflected, until_ready};
+use ledger::Ledger;
+use namespace::{ByNamespace, Ctx, error_policy, reconcile_namespace};
+use watches::{Change, Watched, Watches, changes, namespace_of, reflected, until_usable};
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
@@ -91,9 +93,13 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
         .map_err(|e| Error::Usage(format!("--admin-addr {}: {e}", args.admin_addr)))?;
     let client = crate::k8s::client().await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let (lease_namespace, lease_name) = (
+        args.lease.lease_namespace.clone(),
+        args.lease.lease_name.clone(),
+    );
     tracing::info!(
         identity,
-        lease = %format!("{}/{}", args.lease.lease_namespace, args.lease.lease_name),
+        lease = %format!("{lease_namespace}/{lease_name}"),
         admin = %args.admin_addr,
         secrets = ?config.secret_names(),
         "starting the controller"
@@ -102,7 +108,6 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let (stop_tx, stop) = watch::channel(false);
-    let (leading_tx, leading) = watch::channel(false);
     let (tokens_tx, tokens) = watch::channel(Arc::new(TokenView::default()));
 
     tokio::spawn(signals(health.clone(), stop_tx));
@@ -112,48 +117,64 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
         metrics.clone(),
         stop.clone(),
     ));
-    let election = tokio::spawn({
-        let (client, leading_tx, stop) = (client.clone(), leading_tx, stop.clone());
-        let (namespace, name) = (
-            args.lease.lease_namespace.clone(),
-            args.lease.lease_name.clone(),
-        );
-        let timing = lease::Timing::new(args.lease_duration);
-        async move {
-            lease::run(
-                client, &namespace, &name, &identity, timing, leading_tx, stop,
-            )
-            .await;
-        }
-    });
+    let (election, election_task) = lease::start(
+        client.clone(),
+        lease_namespace.clone(),
+        lease_name.clone(),
+        identity.clone(),
+        lease::Timing::new(args.lease_duration),
+        stop.clone(),
+    );
     let refresher = Refresher::new(
         Tokens::from_env().await,
         &config,
         metrics.clone(),
         health.clone(),
     );
-    let refresher = tokio::spawn(refresher.run(tokens_tx, leading.clone(), stop.clone()));
-    tokio::spawn(leader_gauge(leading.clone(), metrics.clone()));
+    let refresher = tokio::spawn(refresher.run(tokens_tx, election.subscribe(), stop.clone()));
+    tokio::spawn(leader_gauge(election.subscribe(), metrics.clone()));
+    let service_accounts =
+        config.patches_service_accounts() || crate::k8s::may_tend_service_accounts(&client).await;
 
-    let controller = controller(ControllerParts {
-        client,
+    controller(ControllerParts {
+        lease: ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(lease_name.clone()),
+            namespace: Some(lease_namespace.clone()),
+            ..ObjectReference::default()
+        },
+        client: client.clone(),
         config,
         metrics,
         health,
         tokens,
-        leading,
+        election,
+        service_accounts,
         stop: stop.clone(),
         concurrency: args.concurrency,
-    });
-    controller.await;
+    })
+    .await;
 
+    // Nothing writes any more (this replica stopped leading on the signal, and the last
+    // reconciliations are over): only now may another replica take the Lease at once.
+    let held = election_task.await.unwrap_or(false);
+    if held {
+        lease::release(
+            client,
+            &lease_namespace,
+            &lease_name,
+            &identity,
+            Duration::from_secs(3),
+        )
+        .await;
+    }
     // Everything else stops on the same signal; bound the wait so SIGTERM exits promptly.
     let rest = async {
-        let _ = election.await;
         let _ = refresher.await;
         let _ = admin.await;
     };
-    if tokio::time::timeout(Duration::from_secs(4), rest)
+    if tokio::time::timeout(Duration::from_secs(2), rest)
         .await
         .is_err()
     {
@@ -189,9 +210,9 @@ async fn signals(health: Arc<Health>, stop: watch::Sender<bool>) {
     std::process::exit(Exit::Failed as i32);
 }
 
-async fn leader_gauge(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+async fn leader_gauge(mut leading: watch::Receiver<Leadership>, metrics: Arc<Metrics>) {
     loop {
-        metrics.leader(*leading.borrow_and_update());
+        metrics.leader(leading.borrow_and_update().is_leading());
         if leading.changed().await.is_err() {
             return;
         }
@@ -204,7 +225,12 @@ struct ControllerParts {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     tokens: watch::Receiver<Arc<TokenView>>,
-    leading: watch::Receiver<bool>,
+    election: Election,
+    /// Whether to watch ServiceAccounts: to patch them, or to remove references regcred
+    /// made earlier while it may.
+    service_accounts: bool,
+    /// What Events about the controller itself are about.
+    lease: ObjectReference,
     stop: watch::Receiver<bool>,
     concurrency: u16,
 }
@@ -216,10 +242,20 @@ async fn controller(parts: ControllerParts) {
         metrics,
         health,
         tokens,
-        leading,
+        election,
+        service_accounts,
+        lease,
         stop,
         concurrency,
     } = parts;
+    let events = Events::new(client.clone());
+    let watches = Arc::new(Watches::new(
+        metrics.clone(),
+        health.clone(),
+        events.clone(),
+        lease,
+    ));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
     // Every watch feeds its store first and triggers only from what the store holds: a
     // (re)list is not trusted object by object (kube-runtime's buffered relist swaps the store
     // only at its end, so a trigger for an object new in the list would find nothing and be
@@ -227,63 +263,60 @@ async fn controller(parts: ControllerParts) {
     // the end of every list reconciles every namespace.
     let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
     let (namespaces, writer) = reflector::store();
-    let namespace_triggers = reflected(
+    let namespace_watch = watches.register(Watched::Namespaces);
+    let namespace_triggers = namespace_triggers(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
         writer,
+        namespaces.clone(),
         relisted.clone(),
-    )
-    .filter(|event| std::future::ready(matches!(event, Change::Applied(_))))
-    .map(|event| Ok(event.into_object()));
-    let mut controller = Controller::for_stream(namespace_triggers, namespaces.clone())
+        (watches.clone(), namespace_watch),
+        ledger.clone(),
+        metrics.clone(),
+    );
+    let controller = Controller::for_stream(namespace_triggers, namespaces.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
 
-    let mut secrets = BTreeMap::new();
-    for name in config.secret_names() {
-        let (reader, writer) = reflector::store();
-        let watch = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let changes = reflected(
-            Api::<Secret>::all(client.clone()),
-            watch,
-            writer,
+    let (mut controller, secrets) =
+        secret_watches(controller, &client, &config, &relisted, &watches);
+    let service_account_names = Arc::new(ByNamespace::default());
+    let service_accounts = if service_accounts {
+        let (sa_changes, sa_store) = service_account_watch(
+            Api::<ServiceAccount>::all(client.clone()),
             relisted.clone(),
+            &watches,
+            service_account_names.clone(),
         );
-        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
-        secrets.insert(name, reader);
-    }
-    let service_accounts = if config.patches_service_accounts() {
-        let (reader, writer) = reflector::store();
-        let api = Api::<ServiceAccount>::all(client.clone());
-        let changes = reflected(api, watcher::Config::default(), writer, relisted.clone());
-        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
-        Some(reader)
+        controller =
+            controller.watches_stream(sa_changes.map(|c| Ok(c.into_object())), namespace_of);
+        Some(sa_store)
     } else {
         None
     };
     drop(relisted);
 
-    let became_leader = changes(leading.clone())
-        .filter(|l| std::future::ready(*l))
+    let leadership = election.subscribe();
+    let became_leader = changes(leadership.clone())
+        .filter(|l| std::future::ready(l.is_leading()))
         .map(|_| ());
     let tokens_changed = changes(tokens.clone()).map(|_| ());
     let ctx = Arc::new(Ctx {
         writer: Writer::new(client.clone()),
-        events: Events::new(client.clone()),
+        events,
         client,
         config,
         metrics,
         health,
         tokens,
-        leading: leading.clone(),
+        election,
+        stop: stop.clone(),
+        watches,
         namespaces: namespaces.clone(),
         secrets,
         service_accounts,
-        reconciled: Mutex::default(),
-        failures: Mutex::default(),
-        selected: Mutex::default(),
+        service_account_names,
+        ledger,
     });
-    tokio::spawn(readiness(ctx.clone(), leading));
-    tokio::spawn(selected_gauge(ctx.clone(), stop.clone()));
+    tokio::spawn(readiness(ctx.clone(), leadership, namespace_watch));
 
     let mut stop_ctl = stop;
     controller
@@ -302,45 +335,157 @@ async fn controller(parts: ControllerParts) {
         .await;
 }
 
+/// One watch of regcred's secrets per name (configured and former), by field selector so RBAC
+/// can be name-scoped, each triggering its namespace.
+fn secret_watches(
+    mut controller: Controller<Namespace>,
+    client: &kube::Client,
+    config: &Config,
+    relisted: &futures::channel::mpsc::UnboundedSender<()>,
+    watches: &Arc<Watches>,
+) -> (
+    Controller<Namespace>,
+    BTreeMap<String, namespace::Watched<Secret>>,
+) {
+    let mut secrets = BTreeMap::new();
+    for name in config.managed_names() {
+        let (store, writer) = reflector::store();
+        let watch = watches.register(Watched::Secrets(name.clone()));
+        let selected = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let changes = reflected(
+            Api::<Secret>::all(client.clone()),
+            selected,
+            writer,
+            relisted.clone(),
+            watches.clone(),
+            watch,
+            || {},
+        );
+        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
+        secrets.insert(name, namespace::Watched { store, watch });
+    }
+    (controller, secrets)
+}
+
+/// The ServiceAccount watch: its changes, and its store with the index of names by
+/// namespace that the watch keeps current.
+fn service_account_watch(
+    api: Api<ServiceAccount>,
+    relisted: futures::channel::mpsc::UnboundedSender<()>,
+    watches: &Arc<Watches>,
+    names: Arc<ByNamespace>,
+) -> (
+    impl futures::Stream<Item = Change<ServiceAccount>> + Send + 'static,
+    namespace::Watched<ServiceAccount>,
+) {
+    let (store, writer) = reflector::store();
+    let watch = watches.register(Watched::ServiceAccounts);
+    let changes = reflected(
+        api,
+        watcher::Config::default(),
+        writer,
+        relisted,
+        watches.clone(),
+        watch,
+        {
+            let (names, store) = (names.clone(), store.clone());
+            move || names.rebuild(&store)
+        },
+    )
+    .inspect(move |change| match change {
+        Change::Applied(sa) => names.applied(sa),
+        Change::Deleted(sa) => names.deleted(sa),
+    });
+    (changes, namespace::Watched { store, watch })
+}
+
+/// The namespace watch, as the controller's triggers: a namespace that appears or changes;
+/// one deleted is forgotten by the ledger (and, after a relist, which sends no deletions,
+/// every one that is gone).
+fn namespace_triggers(
+    api: Api<Namespace>,
+    writer: reflector::store::Writer<Namespace>,
+    namespaces: reflector::Store<Namespace>,
+    relisted: futures::channel::mpsc::UnboundedSender<()>,
+    (watches, id): (Arc<Watches>, watches::WatchId),
+    ledger: Arc<Mutex<Ledger>>,
+    metrics: Arc<Metrics>,
+) -> impl futures::Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static {
+    let lock = |ledger: &Mutex<Ledger>| {
+        ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tracked_and_selected()
+    };
+    let (on_list, on_change) = ((ledger.clone(), metrics.clone()), (ledger, metrics));
+    reflected(
+        api,
+        watcher::Config::default(),
+        writer,
+        relisted,
+        watches,
+        id,
+        move || {
+            let (ledger, metrics) = &on_list;
+            ledger
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|ns| namespaces.get(&ObjectRef::new(ns)).is_some());
+            let (tracked, selected) = lock(ledger);
+            metrics.namespaces_tracked(tracked);
+            metrics.namespaces_selected(selected);
+        },
+    )
+    .filter_map(move |event| {
+        let trigger = match event {
+            Change::Applied(ns) => Some(Ok(ns)),
+            Change::Deleted(ns) => {
+                let (ledger, metrics) = &on_change;
+                ledger
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .forget(ns.metadata.name.as_deref().unwrap_or_default());
+                let (tracked, selected) = lock(ledger);
+                metrics.namespaces_tracked(tracked);
+                metrics.namespaces_selected(selected);
+                None
+            }
+        };
+        std::future::ready(trigger)
+    })
+}
+
 /// Readiness for what this replica is, once the election has answered: a standby is ready
-/// once its caches are filled; a leader once it has reconciled every namespace since it
-/// took over.
-async fn readiness(ctx: Arc<Ctx>, mut leading: watch::Receiver<bool>) {
+/// once its caches are filled; a leader once it has reconciled every namespace in this
+/// term. The ledger follows leadership here too: a new term starts from nothing, a standby
+/// keeps nothing and exports no selection.
+async fn readiness(
+    ctx: Arc<Ctx>,
+    mut leading: watch::Receiver<Leadership>,
+    namespace_watch: watches::WatchId,
+) {
     // Every replica looks like a standby until the election first answers; one that is
     // about to lead must not report ready before it has reconciled anything.
     if leading.changed().await.is_err() {
         return;
     }
-    until_ready(&ctx.namespaces).await;
-    // A replica that already leads has reconciled only as leader so far: keep what it did
-    // (clearing it here could forget a whole small first pass that finished meanwhile, and
-    // readiness would never come). Only later changes of leadership start over.
-    if !*leading.borrow_and_update() {
-        ctx.health.reconciled.store(true, Ordering::Relaxed);
-    }
-    while leading.changed().await.is_ok() {
-        let lead = *leading.borrow_and_update();
-        ctx.reconciled.lock().expect("not poisoned").clear();
-        ctx.health.reconciled.store(!lead, Ordering::Relaxed);
-    }
-}
-
-/// Drops deleted namespaces from `regcred_namespaces_selected` (reconciliations add and
-/// remove the others as they go).
-async fn selected_gauge(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    until_usable(&ctx.namespaces, &ctx.watches, namespace_watch, &ctx.stop).await;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let now = *leading.borrow_and_update();
+        {
+            let mut ledger = ctx.ledger();
+            // A replica that already leads may have reconciled (and noted) a whole small
+            // first pass meanwhile: the same term is not started over.
+            if ledger.follow(now) || !now.is_leading() {
+                ctx.health
+                    .reconciled
+                    .store(!now.is_leading(), Ordering::Relaxed);
+            }
+            ctx.metrics.namespaces_selected(ledger.selected());
+            ctx.metrics.namespaces_tracked(ledger.tracked());
         }
-        let present: HashSet<String> = ctx
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|ns| ns.metadata.name.clone())
-            .collect();
-        let mut selected = ctx.selected.lock().expect("not poisoned");
-        selected.retain(|name| present.contains(name));
-        ctx.metrics.namespaces_selected(selected.len());
+        if leading.changed().await.is_err() {
+            return;
+        }
     }
 }

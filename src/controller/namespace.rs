@@ -1,6 +1,6 @@
 //! One namespace's reconciliation in the controller, with what every reconciliation shares.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,14 +12,22 @@ use rand::Rng as _;
 use tokio::sync::watch;
 
 use crate::admin::Health;
-use crate::config::{Config, ServiceAccounts};
+use crate::config::Config;
 use crate::events::Events;
+use crate::lease::{Election, Permit};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Freshness, Outcome, TokenView};
 use crate::refresher;
 use crate::secrets::Writer;
 
-use super::watches::until_ready;
+use super::ledger::Ledger;
+use super::watches::{WatchId, Watches, until_usable};
+
+/// A store and the watch that fills it.
+pub(super) struct Watched<K: kube::Resource<DynamicType = ()> + 'static> {
+    pub(super) store: Store<K>,
+    pub(super) watch: WatchId,
+}
 
 /// What every reconciliation shares.
 pub(super) struct Ctx {
@@ -30,55 +38,132 @@ pub(super) struct Ctx {
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: Arc<Health>,
     pub(super) tokens: watch::Receiver<Arc<TokenView>>,
-    pub(super) leading: watch::Receiver<bool>,
+    pub(super) election: Election,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) watches: Arc<Watches>,
     pub(super) namespaces: Store<Namespace>,
-    pub(super) secrets: BTreeMap<String, Store<Secret>>,
-    pub(super) service_accounts: Option<Store<ServiceAccount>>,
-    /// Namespaces reconciled, with every token at hand, since this replica became leader.
-    /// The first reconciliation of each leaves a sound, fresh secret alone even if it holds
-    /// an older token (a previous leader's, or sync's), so a restart or failover is not a
-    /// write to every namespace; later ones want exactly the current token, which repairs
-    /// any edit.
-    pub(super) reconciled: Mutex<HashSet<String>>,
-    /// Consecutive failures per namespace, for backoff.
-    pub(super) failures: Mutex<HashMap<String, u32>>,
-    /// Namespaces served, as of their last reconciliation.
-    pub(super) selected: Mutex<HashSet<String>>,
+    /// Regcred's secrets, by name: the configured names and the former ones.
+    pub(super) secrets: BTreeMap<String, Watched<Secret>>,
+    pub(super) service_accounts: Option<Watched<ServiceAccount>>,
+    /// The names of the ServiceAccounts in the store, by namespace.
+    pub(super) service_account_names: Arc<ByNamespace>,
+    /// Per-namespace bookkeeping of this term. The first reconciliation of each namespace
+    /// leaves a sound, fresh secret alone even if it holds an older token (a previous
+    /// leader's, or sync's), so a restart or failover is not a write to every namespace;
+    /// later ones want exactly the current token, which repairs any edit.
+    pub(super) ledger: Arc<Mutex<Ledger>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(super) struct Failed(String);
 
+/// Object names by namespace: what a store cannot answer without a scan of everything.
+#[derive(Debug, Default)]
+pub(super) struct ByNamespace(Mutex<HashMap<String, BTreeSet<String>>>);
+
+impl ByNamespace {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn key<K: kube::Resource>(obj: &K) -> Option<(String, String)> {
+        Some((obj.meta().namespace.clone()?, obj.meta().name.clone()?))
+    }
+
+    pub(super) fn applied<K: kube::Resource>(&self, obj: &K) {
+        if let Some((ns, name)) = Self::key(obj) {
+            self.map().entry(ns).or_default().insert(name);
+        }
+    }
+
+    pub(super) fn deleted<K: kube::Resource>(&self, obj: &K) {
+        if let Some((ns, name)) = Self::key(obj) {
+            let mut map = self.map();
+            if let Some(names) = map.get_mut(&ns) {
+                names.remove(&name);
+                if names.is_empty() {
+                    map.remove(&ns);
+                }
+            }
+        }
+    }
+
+    /// Starts over from what a store holds (after a relist, which sends no deletions).
+    pub(super) fn rebuild<K>(&self, store: &Store<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut map: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for obj in store.state() {
+            if let Some((ns, name)) = Self::key(obj.as_ref()) {
+                map.entry(ns).or_default().insert(name);
+            }
+        }
+        *self.map() = map;
+    }
+
+    fn names_in(&self, namespace: &str) -> Vec<String> {
+        self.map()
+            .get(namespace)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Ctx {
+    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub(super) async fn reconcile_namespace(
     ns: Arc<Namespace>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, Failed> {
-    if !*ctx.leading.borrow() {
+    let Some(fence) = ctx.election.fence() else {
+        return Ok(Action::await_change());
+    };
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    // Stores whose watch fails before its first list are not waited for: what depends on
+    // them is left out (and reported by the watch), the rest is served.
+    let mut unknown = BTreeSet::new();
+    let mut stored = BTreeMap::new();
+    for (secret, watched) in &ctx.secrets {
+        if !until_usable(&watched.store, &ctx.watches, watched.watch, &ctx.stop).await {
+            unknown.insert(secret.clone());
+            continue;
+        }
+        if let Some(found) = watched.store.get(&ObjectRef::new(secret).within(&name)) {
+            stored.insert(secret.clone(), Secret::clone(&found));
+        }
+    }
+    let service_accounts = match &ctx.service_accounts {
+        Some(w) if until_usable(&w.store, &ctx.watches, w.watch, &ctx.stop).await => {
+            Some(ctx.service_accounts_in(&w.store, &name))
+        }
+        _ => None,
+    };
+    if *ctx.stop.borrow() {
         return Ok(Action::await_change());
     }
-    for store in ctx.secrets.values() {
-        until_ready(store).await;
-    }
-    if let Some(store) = &ctx.service_accounts {
-        until_ready(store).await;
-    }
-    let name = ns.metadata.name.clone().unwrap_or_default();
-    let stored: BTreeMap<String, Secret> = ctx
-        .secrets
-        .iter()
-        .filter_map(|(secret, store)| {
-            let found = store.get(&ObjectRef::new(secret).within(&name))?;
-            Some((secret.clone(), Secret::clone(&found)))
-        })
-        .collect();
-    let service_accounts = ctx.service_accounts_in(&name);
+    // Only tokens fetched in this very term: a replica that led before holds none of then.
     let view = ctx.tokens.borrow().clone();
-    let freshness = if ctx.reconciled.lock().expect("not poisoned").contains(&name) {
+    let view = if view.term == Some(fence.term()) {
+        view
+    } else {
+        Arc::new(TokenView::default())
+    };
+    let freshness = if ctx.ledger().is_reconciled(&name) {
         Freshness::Exact
     } else {
         Freshness::SoundAndFresh
     };
+    let permit = Permit::fenced(fence.clone());
     let started = Instant::now();
     let report = reconcile::namespace(
         &Context {
@@ -90,26 +175,18 @@ pub(super) async fn reconcile_namespace(
             dry_run: false,
             metrics: Some(&ctx.metrics),
             events: Some(&ctx.events),
+            permit: &permit,
         },
         &ns,
         &stored,
-        &service_accounts,
+        service_accounts.as_deref(),
+        &unknown,
     )
     .await;
     ctx.metrics
         .reconcile_duration(started.elapsed().as_secs_f64());
-    ctx.note_selection(&name, report.is_selected());
     tracing::debug!(namespace = name, outcomes = ?report.secrets, ?freshness, "reconciled");
-    if report.secrets.values().any(|o| *o == Outcome::Pending) {
-        // The token arrives with a full reconciliation of its own.
-        return Ok(Action::await_change());
-    }
-    // A pass made before every token was at hand left fresh secrets alone for want of a
-    // token; only one made with them counts as the first, so the pass their arrival
-    // triggers still leaves fresh secrets alone instead of rewriting every namespace.
-    if ctx.has_every_token(&view) {
-        ctx.mark_reconciled(&name);
-    }
+    let pending = report.secrets.values().any(|o| *o == Outcome::Pending);
     let failures: Vec<String> = report
         .secrets
         .values()
@@ -118,8 +195,22 @@ pub(super) async fn reconcile_namespace(
             _ => None,
         })
         .collect();
+    // A pass made before every token was at hand left fresh secrets alone for want of a
+    // token; only one made with them counts as the first, so the pass their arrival
+    // triggers still leaves fresh secrets alone instead of rewriting every namespace.
+    let reconciled = !pending && ctx.has_every_token(&view);
+    ctx.note(
+        fence.term(),
+        &name,
+        report.is_selected(),
+        reconciled,
+        failures.is_empty(),
+    );
+    if pending {
+        // The token (or the next leader) comes with a full reconciliation of its own.
+        return Ok(Action::await_change());
+    }
     if failures.is_empty() {
-        ctx.failures.lock().expect("not poisoned").remove(&name);
         // A secret left with an older token is looked at again when that token is due.
         Ok(recheck_after(
             &report.expiries,
@@ -159,10 +250,14 @@ fn recheck_after(
 pub(super) fn error_policy(ns: Arc<Namespace>, error: &Failed, ctx: Arc<Ctx>) -> Action {
     let name = ns.metadata.name.clone().unwrap_or_default();
     let failures = {
-        let mut all = ctx.failures.lock().expect("not poisoned");
-        let n = all.entry(name.clone()).or_default();
-        *n += 1;
-        *n
+        let mut ledger = ctx.ledger();
+        // Checked under the ledger's lock: a namespace deleted meanwhile (its store entry
+        // goes before the ledger forgets it) is not brought back into the ledger.
+        if ctx.namespaces.get(&ObjectRef::new(&name)).is_some() {
+            ledger.failed(&name)
+        } else {
+            1
+        }
     };
     let delay = refresher::backoff(&ctx.config.refresh, failures, rand::rng().random::<f64>());
     tracing::debug!(namespace = name, error = %error, retry_in = ?delay, "will retry");
@@ -170,48 +265,19 @@ pub(super) fn error_policy(ns: Arc<Namespace>, error: &Failed, ctx: Arc<Ctx>) ->
 }
 
 impl Ctx {
-    fn service_accounts_in(&self, namespace: &str) -> Vec<ServiceAccount> {
-        let Some(store) = &self.service_accounts else {
-            return Vec::new();
-        };
-        let named: Option<HashSet<&str>> =
-            self.config
-                .secrets
-                .iter()
-                .try_fold(HashSet::new(), |mut names, s| {
-                    match &s.service_accounts {
-                        ServiceAccounts::All => return None,
-                        ServiceAccounts::Named(n) => names.extend(n.iter().map(String::as_str)),
-                        ServiceAccounts::None => {}
-                    }
-                    Some(names)
-                });
-        match named {
-            // Only the listed ones: look them up instead of scanning every ServiceAccount.
-            Some(listed) => listed
-                .into_iter()
-                .filter_map(|n| store.get(&ObjectRef::new(n).within(namespace)))
-                .map(|sa| ServiceAccount::clone(&sa))
-                .collect(),
-            None => store
-                .state()
-                .into_iter()
-                .filter(|sa| sa.metadata.namespace.as_deref() == Some(namespace))
-                .map(|sa| ServiceAccount::clone(&sa))
-                .collect(),
-        }
-    }
-
-    fn note_selection(&self, namespace: &str, selected: bool) {
-        let mut all = self.selected.lock().expect("not poisoned");
-        let changed = if selected {
-            all.insert(namespace.to_owned())
-        } else {
-            all.remove(namespace)
-        };
-        if changed {
-            self.metrics.namespaces_selected(all.len());
-        }
+    /// Every ServiceAccount of the namespace (the listed ones get the reference, any other
+    /// may carry one regcred recorded and must lose).
+    fn service_accounts_in(
+        &self,
+        store: &Store<ServiceAccount>,
+        namespace: &str,
+    ) -> Vec<ServiceAccount> {
+        self.service_account_names
+            .names_in(namespace)
+            .into_iter()
+            .filter_map(|n| store.get(&ObjectRef::new(&n).within(namespace)))
+            .map(|sa| ServiceAccount::clone(&sa))
+            .collect()
     }
 
     /// Whether `view` holds a token for every configured source.
@@ -222,18 +288,25 @@ impl Ctx {
             .all(|source| view.tokens.contains_key(source))
     }
 
-    /// Notes a namespace as reconciled; readiness follows once every namespace has been.
-    fn mark_reconciled(&self, namespace: &str) {
-        let mut done = self.reconciled.lock().expect("not poisoned");
-        done.insert(namespace.to_owned());
+    /// Notes a reconciliation's result in the ledger (if its term still runs) and the
+    /// gauges; readiness follows once every namespace has been reconciled in this term.
+    fn note(&self, term: u64, namespace: &str, selected: bool, reconciled: bool, succeeded: bool) {
+        let mut ledger = self.ledger();
+        // Checked under the ledger's lock: a namespace deleted meanwhile (its store entry
+        // goes before the ledger forgets it) is not brought back into the ledger.
+        let exists = self.namespaces.get(&ObjectRef::new(namespace)).is_some();
+        if !exists || !ledger.note(term, namespace, selected, reconciled, succeeded) {
+            return;
+        }
+        self.metrics.namespaces_selected(ledger.selected());
+        self.metrics.namespaces_tracked(ledger.tracked());
         if self.health.reconciled.load(Ordering::Relaxed) {
             return;
         }
         let all = self.namespaces.state();
-        if done.len() >= all.len()
-            && all
-                .iter()
-                .all(|ns| done.contains(ns.metadata.name.as_deref().unwrap_or_default()))
+        if all
+            .iter()
+            .all(|ns| ledger.is_reconciled(ns.metadata.name.as_deref().unwrap_or_default()))
         {
             tracing::info!(namespaces = all.len(), "first full reconciliation done");
             self.health.reconciled.store(true, Ordering::Relaxed);

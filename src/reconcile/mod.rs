@@ -14,9 +14,10 @@ use kube::api::Api;
 
 use crate::config::{Config, SecretConfig, ServiceAccounts};
 use crate::events::Events;
+use crate::lease::Permit;
 use crate::metrics::{Metrics, WriteResult};
 use crate::secrets::{self, Writer};
-use crate::serviceaccounts;
+use crate::serviceaccounts::{self, Want};
 
 /// The outcome for one secret slot of a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,13 +25,18 @@ pub enum Outcome {
     Created,
     Updated,
     Unchanged,
-    /// regcred's secret was removed from a namespace no longer selected.
+    /// regcred's secret was removed (its namespace no longer selected, or its name no
+    /// longer configured).
     Removed,
+    /// regcred's secret was given back to its owner with the entries it held for other
+    /// registries, instead of removed.
+    GivenBack,
     /// Nothing to do: not selected, and regcred holds nothing there.
     Absent,
     Skipped,
     Foreign,
-    /// Needs a token that is not at hand yet (the controller waits for its refresher).
+    /// Left for later: a token that is not at hand yet (the controller waits for its
+    /// refresher), a store not filled yet, or a leadership that ended.
     Pending,
     Failed(String),
 }
@@ -38,7 +44,10 @@ pub enum Outcome {
 impl Outcome {
     #[must_use]
     pub fn is_write(&self) -> bool {
-        matches!(self, Self::Created | Self::Updated | Self::Removed)
+        matches!(
+            self,
+            Self::Created | Self::Updated | Self::Removed | Self::GivenBack
+        )
     }
 
     #[must_use]
@@ -66,7 +75,7 @@ impl Report {
     pub fn is_selected(&self) -> bool {
         self.secrets
             .values()
-            .any(|o| !matches!(o, Outcome::Removed | Outcome::Absent))
+            .any(|o| !matches!(o, Outcome::Removed | Outcome::GivenBack | Outcome::Absent))
     }
 }
 
@@ -81,6 +90,8 @@ pub struct Context<'a> {
     pub dry_run: bool,
     pub metrics: Option<&'a Metrics>,
     pub events: Option<&'a Events>,
+    /// Whether and for how long each write may be made (the controller's leadership).
+    pub permit: &'a Permit,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -95,13 +106,38 @@ impl std::fmt::Debug for Context<'_> {
 /// How many times a slot is re-read and re-planned after a write conflict.
 const CONFLICT_ATTEMPTS: usize = 3;
 
-/// Brings one namespace in line: every secret name of the configuration, then the
-/// ServiceAccounts that should (or should no longer) reference it.
+/// What the ServiceAccounts of the namespace should do about one secret name.
+#[derive(Clone, Copy, Debug)]
+enum Link<'a> {
+    /// The secret is in place: the rule's ServiceAccounts reference it, the others lose the
+    /// reference regcred made.
+    Serve(&'a ServiceAccounts),
+    /// The secret is not regcred's (any more), or not there: references regcred made go.
+    DropOurs,
+    /// The secret goes: every reference to it goes.
+    DropAll,
+}
+
+/// A managed secret about to go.
+#[derive(Debug)]
+enum Leaving {
+    Delete { resource_version: Option<String> },
+    GiveBack(Box<Secret>),
+}
+
+/// Brings one namespace in line: every secret regcred looks after (configured and former
+/// names), then the ServiceAccounts that should (or should no longer) reference them, then
+/// the removal of secrets no entry serves there.
+///
+/// `service_accounts` is `None` when they are not known (not watched, or their watch
+/// fails): references are then left as they are. Secret names in `unknown` (their store is
+/// not filled) are left alone.
 pub async fn namespace(
     ctx: &Context<'_>,
     ns: &Namespace,
     stored: &BTreeMap<String, Secret>,
-    service_accounts: &[ServiceAccount],
+    service_accounts: Option<&[ServiceAccount]>,
+    unknown: &BTreeSet<String>,
 ) -> Report {
     let name = ns.metadata.name.clone().unwrap_or_default();
     let mut report = Report {
@@ -111,7 +147,13 @@ pub async fn namespace(
         expiries: Vec::new(),
         planned: Vec::new(),
     };
-    for secret_name in ctx.config.secret_names() {
+    let mut links = BTreeMap::new();
+    let mut leaving = BTreeMap::new();
+    for secret_name in ctx.config.managed_names() {
+        if unknown.contains(&secret_name) {
+            report.secrets.insert(secret_name, Outcome::Pending);
+            continue;
+        }
         let outcome = match assign(ctx.config, ns, &secret_name) {
             Assignment::Skip => Outcome::Skipped,
             Assignment::Conflict(entries) => Outcome::Failed(format!(
@@ -122,17 +164,28 @@ pub async fn namespace(
                     .collect::<Vec<_>>()
                     .join("] and secrets[")
             )),
-            Assignment::Remove => {
-                remove(
-                    ctx,
-                    &name,
-                    &secret_name,
-                    stored.get(&secret_name),
-                    service_accounts,
-                    &mut report,
-                )
-                .await
-            }
+            Assignment::Remove => match stored.get(&secret_name).filter(|s| secrets::is_managed(s))
+            {
+                None => {
+                    links.insert(secret_name.clone(), Link::DropOurs);
+                    Outcome::Absent
+                }
+                Some(s) => {
+                    let (link, going) = match secrets::given_back(s) {
+                        Some(back) => (Link::DropOurs, Leaving::GiveBack(Box::new(back))),
+                        None => (
+                            Link::DropAll,
+                            Leaving::Delete {
+                                resource_version: s.metadata.resource_version.clone(),
+                            },
+                        ),
+                    };
+                    links.insert(secret_name.clone(), link);
+                    leaving.insert(secret_name.clone(), going);
+                    // Decided once the references are done.
+                    Outcome::Pending
+                }
+            },
             Assignment::Serve(spec) => {
                 let outcome = serve(
                     ctx,
@@ -146,28 +199,36 @@ pub async fn namespace(
                     outcome,
                     Outcome::Created | Outcome::Updated | Outcome::Unchanged
                 ) {
-                    if let Err(e) = change_service_accounts(
-                        ctx,
-                        &spec.service_accounts,
-                        &secret_name,
-                        service_accounts,
-                        &mut report,
-                        serviceaccounts::with_secret,
-                        "add",
-                    )
-                    .await
-                    {
-                        Outcome::Failed(e)
-                    } else {
-                        outcome
-                    }
-                } else {
-                    outcome
+                    links.insert(secret_name.clone(), Link::Serve(&spec.service_accounts));
                 }
+                outcome
             }
         };
-        record(ctx, ns, &secret_name, stored.get(&secret_name), &outcome).await;
         report.secrets.insert(secret_name, outcome);
+    }
+
+    // References: added where a served secret wants them, removed where nothing claims
+    // them; a failure leaves the secret it concerns as it is (a reference never points at
+    // a secret regcred removed), and the next pass tries both again.
+    let mut unlinked: BTreeMap<String, Outcome> = BTreeMap::new();
+    if let Some(sas) = service_accounts {
+        for (secret, outcome) in relink(ctx, sas, &links, &mut report).await {
+            unlinked.insert(secret, outcome);
+        }
+    }
+    for (secret_name, going) in leaving {
+        let outcome = match unlinked.remove(&secret_name) {
+            Some(problem) => problem,
+            None => remove(ctx, &name, &secret_name, going, &mut report).await,
+        };
+        report.secrets.insert(secret_name, outcome);
+    }
+    for (secret_name, problem) in unlinked {
+        // A served secret whose references failed counts as failed (or left for later).
+        report.secrets.insert(secret_name, problem);
+    }
+    for (secret_name, outcome) in &report.secrets {
+        record(ctx, ns, secret_name, stored.get(secret_name), outcome).await;
     }
     report
 }
@@ -191,15 +252,14 @@ async fn serve(
         );
         match execute(ctx, namespace, spec, step, stored.as_ref(), report).await {
             Ok(outcome) => return outcome,
+            Err(e) if e.is_not_leading() => return Outcome::Pending,
             Err(e) if e.is_conflict() => {
                 tracing::debug!(namespace, secret = %spec.name, "secret changed meanwhile; reading it again");
+                let Ok(within) = ctx.permit.next_call() else {
+                    return Outcome::Pending;
+                };
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-                stored = match tokio::time::timeout(
-                    secrets::API_TIMEOUT,
-                    api.get_opt(spec.name.as_str()),
-                )
-                .await
-                {
+                stored = match tokio::time::timeout(within, api.get_opt(spec.name.as_str())).await {
                     Ok(Ok(fresh)) => fresh,
                     Ok(Err(e)) => {
                         return Outcome::Failed(format!(
@@ -271,7 +331,9 @@ async fn execute(
                     .planned
                     .push(format!("would {verb} secret {namespace}/{name}"));
             } else {
-                ctx.writer.apply(&secret, over.as_deref()).await?;
+                ctx.writer
+                    .apply(&secret, over.as_deref(), ctx.permit)
+                    .await?;
             }
             (secret, outcome)
         }
@@ -285,9 +347,9 @@ async fn execute(
                 ));
             } else {
                 ctx.writer
-                    .delete(namespace, name, resource_version.as_deref())
+                    .delete(namespace, name, resource_version.as_deref(), ctx.permit)
                     .await?;
-                ctx.writer.apply(&secret, None).await?;
+                ctx.writer.apply(&secret, None, ctx.permit).await?;
             }
             (secret, Outcome::Updated)
         }
@@ -296,113 +358,126 @@ async fn execute(
     Ok(outcome)
 }
 
-/// Removes regcred's secret from a namespace no longer selected: first its
-/// ServiceAccount references (so a failure there leaves the secret, and the next pass
-/// tries both again), then the secret, only if it is still the version that was read.
+/// Removes regcred's secret where no entry serves it, once its references are gone: the
+/// secret is deleted, or given back to its owner when it holds other registries' entries;
+/// either only if it is still the version that was read.
 async fn remove(
     ctx: &Context<'_>,
     namespace: &str,
     secret_name: &str,
-    stored: Option<&Secret>,
-    service_accounts: &[ServiceAccount],
+    going: Leaving,
     report: &mut Report,
 ) -> Outcome {
-    let Some(stored) = stored.filter(|s| secrets::is_managed(s)) else {
-        return Outcome::Absent;
-    };
-    let rule = service_account_rule(ctx.config, secret_name);
-    let unlinked = change_service_accounts(
-        ctx,
-        &rule,
-        secret_name,
-        service_accounts,
-        report,
-        serviceaccounts::without_secret,
-        "remove",
-    )
-    .await;
-    if let Err(e) = unlinked {
-        return Outcome::Failed(e);
-    }
-    if ctx.dry_run {
-        report.planned.push(format!(
-            "would delete secret {namespace}/{secret_name} (namespace no longer selected)"
-        ));
-        return Outcome::Removed;
-    }
-    match ctx
-        .writer
-        .delete(
-            namespace,
-            secret_name,
-            stored.metadata.resource_version.as_deref(),
-        )
-        .await
+    let why = if ctx
+        .config
+        .former_names
+        .iter()
+        .any(|n| n.as_str() == secret_name)
     {
-        Ok(()) => Outcome::Removed,
+        "a former name of regcred's secret"
+    } else {
+        "namespace no longer selected"
+    };
+    let done = match going {
+        Leaving::Delete { resource_version } => {
+            if ctx.dry_run {
+                report.planned.push(format!(
+                    "would delete secret {namespace}/{secret_name} ({why})"
+                ));
+                return Outcome::Removed;
+            }
+            ctx.writer
+                .delete(
+                    namespace,
+                    secret_name,
+                    resource_version.as_deref(),
+                    ctx.permit,
+                )
+                .await
+                .map(|()| Outcome::Removed)
+        }
+        Leaving::GiveBack(back) => {
+            if ctx.dry_run {
+                report.planned.push(format!(
+                    "would give back secret {namespace}/{secret_name} to its owner, keeping only its other registries' entries ({why})"
+                ));
+                return Outcome::GivenBack;
+            }
+            ctx.writer
+                .give_back(&back, ctx.permit)
+                .await
+                .map(|()| Outcome::GivenBack)
+        }
+    };
+    match done {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_not_leading() => Outcome::Pending,
         Err(e) => Outcome::Failed(crate::chain(&e)),
     }
 }
 
-/// The ServiceAccounts any entry of that secret name patches.
-fn service_account_rule(config: &Config, secret_name: &str) -> ServiceAccounts {
-    let mut names = BTreeSet::new();
-    for spec in config
-        .secrets
-        .iter()
-        .filter(|s| s.name.as_str() == secret_name)
-    {
-        match &spec.service_accounts {
-            ServiceAccounts::All => return ServiceAccounts::All,
-            ServiceAccounts::Named(n) => names.extend(n.iter().cloned()),
-            ServiceAccounts::None => {}
-        }
-    }
-    if names.is_empty() {
-        ServiceAccounts::None
-    } else {
-        ServiceAccounts::Named(names)
-    }
-}
-
-async fn change_service_accounts(
+/// Patches every ServiceAccount of the namespace whose references `links` would change;
+/// returns, for the secret names a failed patch concerned, what became of them.
+async fn relink(
     ctx: &Context<'_>,
-    rule: &ServiceAccounts,
-    secret_name: &str,
     service_accounts: &[ServiceAccount],
+    links: &BTreeMap<String, Link<'_>>,
     report: &mut Report,
-    change: fn(
-        &ServiceAccount,
-        &str,
-    ) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
-    verb: &str,
-) -> Result<(), String> {
-    let targets = service_accounts.iter().filter(|sa| {
-        rule.includes(sa.metadata.name.as_deref().unwrap_or_default())
-            && change(sa, secret_name).is_some()
-    });
-    let mut errors = Vec::new();
-    for sa in targets {
+) -> BTreeMap<String, Outcome> {
+    let mut problems: BTreeMap<String, Outcome> = BTreeMap::new();
+    for sa in service_accounts {
         let sa_name = sa.metadata.name.as_deref().unwrap_or_default();
+        let wants: BTreeMap<String, Want> = links
+            .iter()
+            .map(|(secret, link)| {
+                let want = match link {
+                    Link::Serve(rule) if rule.includes(sa_name) => Want::Reference,
+                    Link::Serve(_) | Link::DropOurs => Want::NoneOfOurs,
+                    Link::DropAll => Want::None,
+                };
+                (secret.clone(), want)
+            })
+            .collect();
+        let Some(change) = serviceaccounts::relinked(sa, &wants) else {
+            continue;
+        };
         if ctx.dry_run {
-            report.planned.push(format!(
-                "would {verb} {secret_name} in serviceaccount {}/{sa_name} imagePullSecrets",
-                report.namespace
-            ));
+            for (verb, secrets) in [("add", &change.added), ("remove", &change.removed)] {
+                for secret in secrets {
+                    report.planned.push(format!(
+                        "would {verb} {secret} in serviceaccount {}/{sa_name} imagePullSecrets",
+                        report.namespace
+                    ));
+                }
+            }
             report.service_accounts_patched += 1;
             continue;
         }
-        match serviceaccounts::update(ctx.client, sa, secret_name, change).await {
-            Ok(serviceaccounts::Outcome::Patched) => report.service_accounts_patched += 1,
+        match serviceaccounts::update(ctx.client, sa, &wants, ctx.permit).await {
+            Ok(serviceaccounts::Outcome::Patched(done)) => {
+                report.service_accounts_patched += 1;
+                tracing::info!(
+                    namespace = report.namespace,
+                    serviceaccount = sa_name,
+                    added = ?done.added,
+                    removed = ?done.removed,
+                    "serviceaccount references updated"
+                );
+            }
             Ok(_) => {}
-            Err(e) => errors.push(crate::chain(&e)),
+            Err(e) => {
+                let outcome = if e.is_not_leading() {
+                    Outcome::Pending
+                } else {
+                    Outcome::Failed(crate::chain(&e))
+                };
+                for secret in change.added.iter().chain(&change.removed) {
+                    problems.insert(secret.clone(), outcome.clone());
+                }
+            }
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    problems
 }
 
 /// Metrics and Events for one slot's outcome; failures and foreign secrets are logged.
@@ -420,7 +495,11 @@ async fn record(
         Outcome::Unchanged => Some(WriteResult::Unchanged),
         Outcome::Foreign => Some(WriteResult::Foreign),
         Outcome::Failed(_) => Some(WriteResult::Failed),
-        Outcome::Removed | Outcome::Absent | Outcome::Skipped | Outcome::Pending => None,
+        Outcome::Removed
+        | Outcome::GivenBack
+        | Outcome::Absent
+        | Outcome::Skipped
+        | Outcome::Pending => None,
     };
     if let (Some(metrics), Some(result)) = (ctx.metrics, result) {
         metrics.secret_write(result);
@@ -442,7 +521,7 @@ async fn record(
                 events.failed(ns, stored, secret_name, why).await;
             }
         }
-        Outcome::Created | Outcome::Updated | Outcome::Removed => {
+        Outcome::Created | Outcome::Updated | Outcome::Removed | Outcome::GivenBack => {
             tracing::info!(namespace, secret = secret_name, outcome = ?outcome, "secret written");
         }
         _ => {}

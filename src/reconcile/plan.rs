@@ -58,6 +58,9 @@ pub fn assign<'a>(config: &'a Config, ns: &Namespace, name: &str) -> Assignment<
 pub struct TokenView {
     pub tokens: BTreeMap<TokenSource, Token>,
     pub errors: BTreeMap<TokenSource, String>,
+    /// The controller's leadership term the tokens were fetched in (`None` in `sync`, and
+    /// for a standby, which holds none).
+    pub term: Option<u64>,
 }
 
 /// How strictly a stored secret must match to be left alone.
@@ -122,7 +125,8 @@ pub fn plan(
     let mut missing = BTreeSet::new();
     for r in &spec.registries {
         let source = r.token_source();
-        match tokens.tokens.get(&source) {
+        // An expired token is as good as none: it is never written.
+        match tokens.tokens.get(&source).filter(|t| !t.is_expired(now)) {
             Some(token) => served.push(Served {
                 host: r.registry.host(),
                 token,
@@ -195,6 +199,7 @@ mod tests {
         TokenView {
             tokens: [(source, token)].into(),
             errors: BTreeMap::new(),
+            term: None,
         }
     }
 
@@ -286,6 +291,23 @@ mod tests {
             plan(spec, "a", Some(&fresh), &same, now, six, Freshness::Exact),
             Step::Unchanged
         ));
+    }
+
+    #[test]
+    fn an_expired_token_is_never_written() {
+        let c = config("");
+        let now = Timestamp::now();
+        let six = SignedDuration::from_hours(6);
+        let expired = view("pw", now - SignedDuration::from_secs(1));
+        for freshness in [Freshness::SoundAndFresh, Freshness::Exact] {
+            assert!(
+                matches!(
+                    plan(&c.secrets[0], "a", None, &expired, now, six, freshness),
+                    Step::NeedsTokens(_)
+                ),
+                "{freshness:?}"
+            );
+        }
     }
 
     #[test]
