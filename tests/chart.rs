@@ -189,7 +189,9 @@ fn controller_mode_renders_a_leader_elected_hardened_deployment() {
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
         .map(String::from)
         .into(),
@@ -273,7 +275,9 @@ fn cronjob_mode_renders_a_cronjob_and_an_install_job_without_the_lease_role() {
             "ConfigMap",
             "CronJob",
             "Job",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
         .map(String::from)
         .into(),
@@ -415,6 +419,19 @@ fn the_charts_rbac_is_the_harness_least_privilege() {
             false,
             "regcred",
         ),
+        // Former names stay in the RBAC (regcred removes their secrets); ServiceAccount
+        // access kept by rbac.serviceAccounts without any entry patching.
+        (
+            json!({
+                "config": {"secrets": [
+                    {"name": "b", "registries": ["public.ecr.aws"], "formerNames": ["a", "old"]},
+                ]},
+                "rbac": {"serviceAccounts": true},
+            }),
+            vec!["a", "b", "old"],
+            true,
+            "regcred",
+        ),
     ];
     for (values, names, patch_sas, lease) in cases {
         let objects = render(&values);
@@ -440,6 +457,66 @@ fn the_charts_rbac_is_the_harness_least_privilege() {
             "a Lease Role in cronjob mode"
         );
     }
+}
+
+/// The admission policy: by default, for the chart's ServiceAccount, with every secret name
+/// the RBAC names (former ones too) and regcred's type and label; gone when disabled.
+#[test]
+fn the_admission_policy_holds_the_charts_service_account_to_regcreds_secrets() {
+    let objects = render(&json!({
+        "config": {"secrets": [
+            {"name": "b", "registries": ["public.ecr.aws"], "formerNames": ["a"]},
+            {"name": "c", "registries": ["public.ecr.aws"]},
+        ]},
+    }));
+    let policy = one(&objects, "ValidatingAdmissionPolicy");
+    let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        r#"request.userInfo.username == "system:serviceaccount:regcred:regcred""#
+    );
+    let variables = &policy["spec"]["variables"];
+    assert_eq!(variables[0]["expression"], r#"["a","b","c"]"#);
+    assert_eq!(
+        variables[1]["expression"],
+        r#"["kubernetes.io/dockerconfigjson"]"#
+    );
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+        json!(["CREATE", "UPDATE"])
+    );
+    let off = render(&json!({"admissionPolicy": {"enabled": false}}));
+    assert!(!kinds(&off).contains("ValidatingAdmissionPolicy"));
+    assert!(!kinds(&off).contains("ValidatingAdmissionPolicyBinding"));
+}
+
+/// The token and selection alerts count only the leader's series.
+#[test]
+fn the_alerts_key_on_the_leader() {
+    let objects = render(&json!({"prometheusRule": {"enabled": true}}));
+    let rules = one(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut keyed = 0;
+    for rule in &rules {
+        let expr = rule["expr"].as_str().unwrap();
+        if expr.contains("regcred_token_expiry_timestamp_seconds")
+            || expr.contains("regcred_namespaces_selected")
+        {
+            assert!(
+                expr.contains("and on (instance) (regcred_leader == 1)"),
+                "{}: {expr}",
+                rule["alert"]
+            );
+            keyed += 1;
+        }
+    }
+    assert_eq!(keyed, 2, "the expiry alerts");
+    assert!(rules.iter().any(|r| r["alert"] == "RegcredWatchFailing"));
 }
 
 // ---------------------------------------------------------------------------- deploy/

@@ -165,3 +165,67 @@ pub fn install(release: &str, namespace: &str, values: &Value) {
     let text = ok("helm install", &out);
     assert!(text.contains("STATUS: deployed"), "{text}");
 }
+
+/// Applies the chart's ValidatingAdmissionPolicy and its binding for `who`, as if the chart
+/// had made that ServiceAccount, with these secret names (a release of its own names them).
+/// Returns once the API server enforces it.
+pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
+    let secrets: Vec<Value> = secret_names
+        .iter()
+        .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
+        .collect();
+    let values = json!({
+        "serviceAccount": {"create": false, "name": who.name},
+        "config": {"secrets": secrets},
+    });
+    let file = values_file(&values);
+    let release = super::unique("policy");
+    let out = helm(&[
+        "template",
+        &release,
+        chart_dir().to_str().unwrap(),
+        "--namespace",
+        &who.namespace,
+        "--show-only",
+        "templates/admissionpolicy.yaml",
+        "-f",
+        file.path().to_str().unwrap(),
+    ]);
+    let rendered = ok("helm template (the admission policy)", &out);
+    let manifest = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(manifest.path(), rendered).unwrap();
+    let out = kubectl(&["apply", "-f", manifest.path().to_str().unwrap()]);
+    ok("kubectl apply (the admission policy)", &out);
+    // In force once a token secret of the first name is refused (a dry run: nothing stays).
+    let client = who.client().await;
+    let api = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &who.namespace);
+    let mut token = k8s_openapi::api::core::v1::Secret {
+        type_: Some("kubernetes.io/service-account-token".into()),
+        ..Default::default()
+    };
+    token.metadata.name = Some(secret_names[0].to_owned());
+    token.metadata.annotations = Some(
+        [(
+            "kubernetes.io/service-account.name".to_owned(),
+            "default".to_owned(),
+        )]
+        .into(),
+    );
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    super::wait_for(
+        "the admission policy in force",
+        std::time::Duration::from_secs(30),
+        || async {
+            match api.create(&dry_run, &token).await {
+                Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+}
