@@ -4,7 +4,9 @@
 //! name. In each namespace the ServiceAccount entries go first (only the entry naming the
 //! managed secret, others untouched), then the secret, deleted with a `resourceVersion`
 //! precondition so a secret changed meanwhile is read and judged again rather than removed
-//! blindly.
+//! blindly. A secret regcred adopted that still holds other registries' entries is given back
+//! to its owner instead (those entries alone, without regcred's label and annotations), and
+//! only the references regcred recorded making to it go.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
