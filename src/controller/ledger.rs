@@ -104,6 +104,7 @@ impl Ledger {
         {
             self.selected -= 1;
         }
+        self.shrink();
     }
 
     /// Keeps only the namespaces that exist (after a relist, which sends no deletions).
@@ -112,6 +113,15 @@ impl Ledger {
         self.namespaces.retain(|name, _| exists(name));
         if self.namespaces.len() != before {
             self.selected = self.namespaces.values().filter(|e| e.selected).count();
+        }
+        self.shrink();
+    }
+
+    /// Gives back the room of a map that lost most of its entries (a map only ever grows).
+    fn shrink(&mut self) {
+        if self.namespaces.capacity() > 64 && self.namespaces.capacity() > 4 * self.namespaces.len()
+        {
+            self.namespaces.shrink_to_fit();
         }
     }
 

@@ -3,7 +3,7 @@
 //! kube-runtime schedules: a `Controller` over Namespaces, triggered also by regcred's own
 //! Secrets (watched by name) and, when it patches them, ServiceAccounts; a full
 //! reconciliation whenever the tokens change or this replica becomes leader. Each
-//! reconciliation is [`reconcile::namespace`], the same code `sync` runs.
+//! reconciliation is [`crate::reconcile::namespace`], the same code `sync` runs.
 
 mod ledger;
 mod namespace;

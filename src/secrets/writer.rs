@@ -179,7 +179,7 @@ impl Writer {
         }
     }
 
-    /// Writes back what [`given_back`] left of a secret, only if it is still the version
+    /// Writes back what [`given_back`](super::given_back) left of a secret, only if it is still the version
     /// that was read (its resourceVersion travels with it).
     pub async fn give_back(&self, secret: &Secret, permit: &Permit) -> Result<(), Error> {
         let namespace = secret.metadata.namespace.clone().unwrap_or_default();
