@@ -340,17 +340,18 @@ async fn turning_service_account_patching_off_removes_regcreds_references() {
 
 // ---------------------------------------------------------------------------- item 10
 
-/// Deletes a namespace for good: its secrets first, then the namespace, then its finalizer
-/// (no namespace controller runs in the test cluster).
+/// Deletes a namespace for good: the namespace first (terminating, it takes no new object,
+/// so regcred cannot put its secret back meanwhile), then its secrets, then its finalizer (no
+/// namespace controller runs in the test clusters).
 async fn delete_for_good(admin: &kube::Client, ns: &str) {
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .expect("delete secrets");
     let api = Api::<Namespace>::all(admin.clone());
     api.delete(ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete secrets");
     let mut finalizing = api.get(ns).await.expect("terminating namespace");
     finalizing.spec.get_or_insert_default().finalizers = Some(vec![]);
     api.replace_subresource("finalize", ns, &PostParams::default(), &finalizing)

@@ -30,17 +30,18 @@ pub struct Churn {
     pub timings: Vec<[Duration; 4]>,
 }
 
-/// Deletes a namespace for good: its secrets, the namespace, and its finalizer (no namespace
-/// controller runs in the bench cluster).
+/// Deletes a namespace for good: the namespace first (terminating, it takes no new object,
+/// so regcred cannot put its secret back meanwhile), then its secrets, then its finalizer (no
+/// namespace controller runs in the test clusters).
 async fn delete_for_good(admin: &kube::Client, ns: &str) {
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .expect("delete secrets");
     let api = Api::<Namespace>::all(admin.clone());
     api.delete(ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete secrets");
     let mut finalizing = api.get(ns).await.expect("terminating namespace");
     finalizing.spec.get_or_insert_default().finalizers = Some(vec![]);
     api.replace_subresource("finalize", ns, &PostParams::default(), &finalizing)
@@ -96,10 +97,11 @@ pub async fn measure(
         say(&format!(
             "cycle {cycle}: created {n} namespaces in {created_in:.1?}"
         ));
+        let this_cycle = format!("{prefix}{cycle}-");
         wait_for(
             "every churn namespace served",
             Duration::from_mins(30),
-            || async { (count_secrets(admin, secret, prefix).await == n).then_some(()) },
+            || async { (count_secrets(admin, secret, &this_cycle).await == n).then_some(()) },
         )
         .await;
         let served_in = t0.elapsed();
