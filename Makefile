@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV := scripts/testenv.sh
 
-.PHONY: build release test test-faults unit integration lint fmt demo up down install bench clean-testenv
+.PHONY: build release test test-faults unit integration lint fmt demo up down install bench bench-churn clean-testenv
 
 build:
 	$(CARGO) build
@@ -57,3 +57,9 @@ test-faults: install
 NAMESPACES ?= 1000
 bench: install
 	NAMESPACES=$(NAMESPACES) $(CARGO) bench --locked --bench bench
+
+# The namespace churn alone (issue 12): CHURN namespaces created, served and deleted under
+# one `regcred run`; its memory and regcred_namespaces_tracked before, with them and after.
+CHURN ?= 10000
+bench-churn: install
+	BENCH_ONLY=churn CHURN=$(CHURN) $(CARGO) bench --locked --bench bench

@@ -1,8 +1,8 @@
 //! The admin server: `/livez`, `/readyz` and `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -25,6 +25,8 @@ pub struct Health {
     pub stopping: AtomicBool,
     /// The admission webhook is on but has no certificate to serve yet.
     pub webhook_pending: AtomicBool,
+    /// What cannot be served and why (a watch regcred may not make), when something cannot.
+    problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -34,21 +36,38 @@ impl Health {
             && self.tokens_fresh.load(Ordering::Relaxed)
             && !self.stopping.load(Ordering::Relaxed)
             && !self.webhook_pending.load(Ordering::Relaxed)
+            && self.problem().is_none()
+    }
+
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Why it is not ready, for the `/readyz` body.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> String {
         if self.stopping.load(Ordering::Relaxed) {
-            "shutting down"
+            "shutting down".into()
+        } else if let Some(problem) = self.problem() {
+            problem
         } else if !self.reconciled.load(Ordering::Relaxed) {
-            "first full reconciliation not finished"
+            "first full reconciliation not finished".into()
         } else if !self.tokens_fresh.load(Ordering::Relaxed) {
-            "a registry token is expired or missing"
+            "a registry token is expired or missing".into()
         } else if self.webhook_pending.load(Ordering::Relaxed) {
-            "the admission webhook has no certificate yet"
+            "the admission webhook has no certificate yet".into()
         } else {
-            "ok"
+            "ok".into()
         }
     }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde::Serialize;
 
@@ -160,7 +161,7 @@ pub fn required_permissions(
         .map(|verb| Permission::new("", "namespaces", verb))
         .collect();
     needed.push(Permission::new("", "secrets", "create"));
-    for name in config.secret_names() {
+    for name in config.managed_names() {
         for verb in ["get", "list", "watch", "patch", "update", "delete"] {
             needed.push(Permission {
                 name: Some(name.clone()),
@@ -278,7 +279,79 @@ async fn aws_checks(config: &Config) -> Vec<Check> {
     checks
 }
 
-async fn kubernetes_checks(needed: Vec<Permission>) -> Vec<Check> {
+/// What `secrets: create` cannot be scoped against by RBAC: the policy refuses this
+/// identity a `kubernetes.io/service-account-token` secret of regcred's own name (the
+/// control plane would fill in a ServiceAccount's token, which that name lets it read). Asked
+/// with a dry run, so nothing is ever created.
+async fn admission_policy(client: &kube::Client, name: &str, namespace: &str) -> Check {
+    const ROW: &str = "secret admission policy";
+    let probe = Secret {
+        metadata: kube::core::ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(
+                [(
+                    "kubernetes.io/service-account.name".to_owned(),
+                    "default".to_owned(),
+                )]
+                .into(),
+            ),
+            ..kube::core::ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/service-account-token".into()),
+        ..Secret::default()
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let hint = "install the chart's ValidatingAdmissionPolicy and its binding \
+                (charts/regcred/templates/admissionpolicy.yaml, also in deploy/; needs \
+                Kubernetes 1.30 or later): RBAC cannot scope `create secrets` by name, so without \
+                it this identity can mint a ServiceAccount token (docs/install.md, \"Residual \
+                risk\"). Run as yourself rather than as regcred's ServiceAccount, this row only \
+                says that the policy does not bind you";
+    match tokio::time::timeout(API_TIMEOUT, api.create(&dry_run, &probe)).await {
+        Ok(Err(kube::Error::Api(s)))
+            if s.code == 403 && s.message.contains("ValidatingAdmissionPolicy") =>
+        {
+            Check::pass(
+                ROW,
+                format!("a kubernetes.io/service-account-token secret named {name} is refused"),
+            )
+        }
+        Ok(Err(kube::Error::Api(s))) if s.code == 403 => {
+            Check::pass(ROW, "this identity may not create secrets at all (RBAC)")
+        }
+        Ok(Ok(_)) => Check::fail(
+            ROW,
+            format!(
+                "this identity may create a kubernetes.io/service-account-token secret named {name} \
+                 (asked with a dry run in {namespace})"
+            ),
+            hint,
+        ),
+        Ok(Err(e)) => Check::fail(
+            ROW,
+            format!(
+                "could not ask (a dry run in {namespace}): {}",
+                crate::chain(&e)
+            ),
+            "the dry run goes to the Lease's namespace (--lease-namespace, POD_NAMESPACE): it must exist",
+        ),
+        Err(_) => Check::fail(
+            ROW,
+            format!("no answer within {API_TIMEOUT:?}"),
+            "check the connection to the API server",
+        ),
+    }
+}
+
+async fn kubernetes_checks(
+    needed: Vec<Permission>,
+    secret_name: &str,
+    namespace: &str,
+) -> Vec<Check> {
     let connect_hint =
         "set KUBECONFIG (or ~/.kube/config), or run in a pod with a ServiceAccount token";
     let client = match crate::k8s::client().await {
@@ -334,6 +407,7 @@ async fn kubernetes_checks(needed: Vec<Permission>) -> Vec<Check> {
         .collect()
         .await;
     checks.extend(asked);
+    checks.push(admission_policy(&client, secret_name, namespace).await);
     checks
 }
 
@@ -463,9 +537,10 @@ pub async fn run(args: &CheckArgs) -> Result<Exit, Error> {
         &args.webhook,
         own,
     ));
+    let secret_name = config.secret_names().into_iter().next().unwrap_or_default();
     let (aws, kube, webhook) = tokio::join!(
         aws_checks(&config),
-        kubernetes_checks(needed),
+        kubernetes_checks(needed, &secret_name, own),
         Box::pin(crate::webhook::check::checks(&config, &args.webhook, own))
     );
     let mut checks = vec![Check::pass("config", config_detail(&config))];

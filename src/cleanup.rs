@@ -4,7 +4,9 @@
 //! name. In each namespace the ServiceAccount entries go first (only the entry naming the
 //! managed secret, others untouched), then the secret, deleted with a `resourceVersion`
 //! precondition so a secret changed meanwhile is read and judged again rather than removed
-//! blindly.
+//! blindly. A secret regcred adopted that still holds other registries' entries is given back
+//! to its owner instead (those entries alone, without regcred's label and annotations), and
+//! only the references regcred recorded making to it go.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,9 +16,10 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams};
 
+use crate::lease::Permit;
 use crate::namespaces::Glob;
 use crate::secrets::{self, API_TIMEOUT, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Writer};
-use crate::serviceaccounts::{self, without_secret};
+use crate::serviceaccounts::{self, Want};
 use crate::{Error, Exit};
 
 /// How often a delete that met a changed secret reads it again.
@@ -46,6 +49,9 @@ pub struct Report {
     pub namespace: String,
     /// Secrets deleted (or to delete).
     pub secrets: Vec<String>,
+    /// Adopted secrets given back to their owners with their other registries' entries (or
+    /// to give back).
+    pub given_back: Vec<String>,
     /// `serviceaccount/secret` entries removed (or to remove).
     pub references: Vec<String>,
     /// Secrets that changed hands meanwhile and were left.
@@ -56,8 +62,9 @@ pub struct Report {
 /// Every ServiceAccount whose `imagePullSecrets` names `secret`.
 #[must_use]
 pub fn referencing<'a>(sas: &'a [ServiceAccount], secret: &str) -> Vec<&'a ServiceAccount> {
+    let wants: BTreeMap<String, Want> = [(secret.to_owned(), Want::None)].into();
     sas.iter()
-        .filter(|sa| without_secret(sa, secret).is_some())
+        .filter(|sa| serviceaccounts::relinked(sa, &wants).is_some())
         .collect()
 }
 
@@ -125,17 +132,30 @@ async fn namespace(
         }
     };
     let writer = Writer::new(client.clone());
+    let permit = Permit::always();
     for secret in managed {
         let name = secret.metadata.name.clone().unwrap_or_default();
+        // An adopted secret that holds other registries' entries goes back to its owner
+        // (only the references regcred made go); any other goes, with every reference to it.
+        let back = secrets::given_back(&secret);
+        let want = if back.is_some() {
+            Want::NoneOfOurs
+        } else {
+            Want::None
+        };
+        let wants: BTreeMap<String, Want> = [(name.clone(), want)].into();
         let mut references_ok = true;
-        for sa in referencing(&sas, &name) {
+        for sa in sas
+            .iter()
+            .filter(|sa| serviceaccounts::relinked(sa, &wants).is_some())
+        {
             let sa_name = sa.metadata.name.clone().unwrap_or_default();
             if dry_run {
                 report.references.push(format!("{sa_name}/{name}"));
                 continue;
             }
-            match serviceaccounts::update(client, sa, &name, without_secret).await {
-                Ok(serviceaccounts::Outcome::Patched) => {
+            match serviceaccounts::update(client, sa, &wants, &permit).await {
+                Ok(serviceaccounts::Outcome::Patched(_)) => {
                     report.references.push(format!("{sa_name}/{name}"));
                 }
                 Ok(_) => {}
@@ -149,6 +169,20 @@ async fn namespace(
             report.failures.push(format!(
                 "secret {name} kept: its ServiceAccount references could not all be removed"
             ));
+            continue;
+        }
+        if let Some(back) = back {
+            if dry_run {
+                report.given_back.push(name);
+                continue;
+            }
+            match writer.give_back(&back, &permit).await {
+                Ok(()) => report.given_back.push(name),
+                Err(e) if e.is_conflict() => report.failures.push(format!(
+                    "secret {name} changed while it was given back; run cleanup again"
+                )),
+                Err(e) => report.failures.push(crate::chain(&e)),
+            }
             continue;
         }
         if dry_run {
@@ -185,7 +219,12 @@ async fn delete(
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for _ in 0..DELETE_TRIES {
         match writer
-            .delete(ns, &name, secret.metadata.resource_version.as_deref())
+            .delete(
+                ns,
+                &name,
+                secret.metadata.resource_version.as_deref(),
+                &Permit::always(),
+            )
             .await
         {
             Ok(()) => return Ok(Deleted::Yes),
@@ -228,9 +267,10 @@ pub fn render(reports: &[Report], dry_run: bool) -> String {
     let mut out = String::new();
     let secrets: usize = reports.iter().map(|r| r.secrets.len()).sum();
     let references: usize = reports.iter().map(|r| r.references.len()).sum();
+    let given_back: usize = reports.iter().map(|r| r.given_back.len()).sum();
     let touched = reports
         .iter()
-        .filter(|r| !r.secrets.is_empty() || !r.references.is_empty())
+        .filter(|r| !r.secrets.is_empty() || !r.references.is_empty() || !r.given_back.is_empty())
         .count();
     let failed: usize = reports.iter().map(|r| r.failures.len()).sum();
     if dry_run {
@@ -247,6 +287,14 @@ pub fn render(reports: &[Report], dry_run: bool) -> String {
             for secret in &r.secrets {
                 writeln!(out, "would delete secret {}/{secret}", r.namespace).ok();
             }
+            for secret in &r.given_back {
+                writeln!(
+                    out,
+                    "would give back secret {}/{secret} to its owner (keeping its other registries' entries)",
+                    r.namespace
+                )
+                .ok();
+            }
         }
         out.push_str("dry run: would have ");
     }
@@ -262,6 +310,14 @@ pub fn render(reports: &[Report], dry_run: bool) -> String {
         plural(touched, "namespace", "namespaces"),
     )
     .ok();
+    if given_back > 0 {
+        write!(
+            out,
+            "; gave back {} to their owners (their other registries' entries kept)",
+            plural(given_back, "adopted secret", "adopted secrets")
+        )
+        .ok();
+    }
     if failed > 0 {
         write!(out, "; {failed} failed").ok();
     }

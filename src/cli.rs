@@ -41,7 +41,9 @@ pub enum Command {
     ///
     /// Removes every secret with the label app.kubernetes.io/managed-by=regcred, in every
     /// namespace, and its entries in ServiceAccounts' imagePullSecrets. Secrets regcred did
-    /// not create, and other imagePullSecrets entries, are left alone.
+    /// not create, and other imagePullSecrets entries, are left alone. A secret regcred
+    /// adopted that still holds other registries' entries is given back to its owner with
+    /// those entries (regcred's label, annotations and entries removed) instead of deleted.
     ///
     /// Run it as a cluster admin (or an identity that may list, get and delete secrets and
     /// get, list and patch ServiceAccounts in every namespace), not as the chart's

@@ -47,6 +47,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     pub secrets: Vec<SecretConfig>,
     pub refresh: Refresh,
+    /// Names regcred's secrets had before a rename: regcred removes its secrets of these
+    /// names (and the references to them) everywhere.
+    pub former_names: BTreeSet<SecretName>,
     pub webhook: Webhook,
 }
 
@@ -130,6 +133,9 @@ impl ServiceAccounts {
 /// How long ECR's `GetAuthorizationToken` tokens live.
 pub const ECR_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(12);
 
+/// The shortest `refresh.retryMin`: below it, retries would hammer AWS and the API server.
+pub const MIN_RETRY: SignedDuration = SignedDuration::from_secs(1);
+
 /// Timing of token renewal and of retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refresh {
@@ -163,6 +169,15 @@ impl Config {
     #[must_use]
     pub fn secret_names(&self) -> BTreeSet<String> {
         self.secrets.iter().map(|s| s.name.to_string()).collect()
+    }
+
+    /// Every secret name regcred looks after: the configured ones and the former ones (whose
+    /// secrets it removes).
+    #[must_use]
+    pub fn managed_names(&self) -> BTreeSet<String> {
+        let mut names = self.secret_names();
+        names.extend(self.former_names.iter().map(ToString::to_string));
+        names
     }
 
     /// Whether any secret patches ServiceAccounts.
@@ -261,6 +276,15 @@ pub struct ConfigArgs {
     /// Take over an existing secret of the same name that regcred did not create.
     #[arg(long, env = "REGCRED_ADOPT")]
     pub adopt: bool,
+    /// A name regcred's secret had before (repeatable): its secrets of that name, and the
+    /// references to them, are removed (RBAC must still allow that name).
+    #[arg(
+        long = "former-secret-name",
+        env = "REGCRED_FORMER_SECRET_NAMES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub former_names: Vec<SecretName>,
 }
 
 fn parse_registry(s: &str) -> Result<Registry, registry::Error> {
@@ -276,6 +300,7 @@ impl ConfigArgs {
             || self.namespace_selector.is_some()
             || !self.service_accounts.is_empty()
             || self.adopt
+            || !self.former_names.is_empty()
     }
 
     /// The configuration, from the file or from the flags (not both).
@@ -285,8 +310,8 @@ impl ConfigArgs {
                 return Err(Error::Flag {
                     flag: "config",
                     message: "cannot be combined with --registry, --secret-name, --namespace, \
-                              --exclude-namespace, --namespace-selector, --service-account or \
-                              --adopt; put those in the file"
+                              --exclude-namespace, --namespace-selector, --service-account, \
+                              --adopt or --former-secret-name; put those in the file"
                         .into(),
                 });
             }
@@ -333,9 +358,17 @@ impl ConfigArgs {
                 });
             }
         }
+        let former_names: BTreeSet<SecretName> = self.former_names.iter().cloned().collect();
+        if former_names.contains(&secret.name) {
+            return Err(Error::Flag {
+                flag: "former-secret-name",
+                message: format!("{} is the secret's name now", secret.name),
+            });
+        }
         Ok(Config {
             secrets: vec![secret],
             refresh: Refresh::default(),
+            former_names,
             webhook: Webhook::default(),
         })
     }
@@ -525,6 +558,8 @@ struct SecretEntry {
     service_accounts: Vec<ServiceAccountName>,
     #[serde(default)]
     adopt: bool,
+    #[serde(default)]
+    former_names: Vec<SecretName>,
 }
 
 #[derive(Default, Deserialize)]
@@ -625,6 +660,21 @@ impl File {
         if self.secrets.is_empty() {
             return Err(("secrets".into(), "at least one entry is needed".into()));
         }
+        let current: BTreeSet<&SecretName> = self.secrets.iter().map(|s| &s.name).collect();
+        let mut former_names = BTreeSet::new();
+        for (i, s) in self.secrets.iter().enumerate() {
+            for (j, name) in s.former_names.iter().enumerate() {
+                if current.contains(name) {
+                    return Err((
+                        format!("secrets[{i}].formerNames[{j}]"),
+                        format!(
+                            "{name} is the name of a secret now; a former name must not be in use"
+                        ),
+                    ));
+                }
+                former_names.insert(name.clone());
+            }
+        }
         let mut secrets = Vec::with_capacity(self.secrets.len());
         for (i, s) in self.secrets.into_iter().enumerate() {
             if s.registries.is_empty() {
@@ -673,6 +723,15 @@ impl File {
                 ),
             ));
         }
+        if refresh.retry_min < MIN_RETRY {
+            return Err((
+                "refresh.retryMin".into(),
+                format!(
+                    "{:#} is too short: at least {MIN_RETRY:#} (a failing token source or API call would be retried in a tight loop)",
+                    refresh.retry_min
+                ),
+            ));
+        }
         if refresh.retry_min > refresh.retry_max {
             return Err((
                 "refresh.retryMin".into(),
@@ -689,6 +748,7 @@ impl File {
         Ok(Config {
             secrets,
             refresh,
+            former_names,
             webhook,
         })
     }
@@ -852,6 +912,11 @@ refresh:
                 "not shorter than",
             ),
             (
+                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 100ms}\n",
+                "refresh.retryMin",
+                "at least 1s",
+            ),
+            (
                 "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n",
                 "refresh.retryMin",
                 "longer than retryMax",
@@ -867,6 +932,16 @@ refresh:
                 "listed twice",
             ),
             ("secrets: []\n", "secrets", "at least one"),
+            (
+                "secrets:\n  - name: a\n    registries: [public.ecr.aws]\n  - name: b\n    registries: [public.ecr.aws]\n    formerNames: [c, a]\n",
+                "secrets[1].formerNames[1]",
+                "a is the name of a secret now",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    formerNames: [Old_Name]\n",
+                "secrets[0].formerNames[0]",
+                "not a valid Secret name",
+            ),
         ];
         for (yaml, field, message) in cases {
             let (got_field, got_message) = field_error(yaml);
@@ -895,6 +970,19 @@ refresh:
             assert_eq!(got_field, field, "{yaml}");
             assert!(got_message.contains(message), "{yaml}: {got_message}");
         }
+    }
+
+    #[test]
+    fn former_names_are_looked_after_too() {
+        let c = load(
+            "secrets:\n  - name: ecr\n    registries: [public.ecr.aws]\n    formerNames: [regcred, old]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.managed_names().into_iter().collect::<Vec<_>>(),
+            ["ecr", "old", "regcred"]
+        );
+        assert_eq!(c.secret_names().len(), 1);
     }
 
     #[test]

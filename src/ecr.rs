@@ -117,6 +117,27 @@ impl Token {
     }
 }
 
+/// The endpoint flavour of a private registry's ECR client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointChoice {
+    fips: bool,
+    dual_stack: bool,
+}
+
+impl EndpointChoice {
+    /// FIPS or dual-stack when the host's form asks for it, or when the SDK's configuration
+    /// does (AWS_USE_FIPS_ENDPOINT, AWS_USE_DUALSTACK_ENDPOINT, a profile's use_fips_endpoint):
+    /// a plain host never turns them off. An endpoint given by the operator (AWS_ENDPOINT_URL,
+    /// AWS_ENDPOINT_URL_ECR or a profile's endpoint_url) decides where calls go; the SDK
+    /// refuses to combine it with either flag, so both yield to it.
+    fn for_private(host_fips: bool, host_dual_stack: bool, base: &SdkConfig, custom: bool) -> Self {
+        Self {
+            fips: (host_fips || base.use_fips() == Some(true)) && !custom,
+            dual_stack: (host_dual_stack || base.use_dual_stack() == Some(true)) && !custom,
+        }
+    }
+}
+
 /// Fetches tokens, one call per [`TokenSource`].
 #[derive(Debug)]
 pub struct Tokens {
@@ -242,15 +263,13 @@ impl Tokens {
             Endpoint::Private {
                 fips, dual_stack, ..
             } => {
-                // An endpoint given by the operator (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_ECR or
-                // a profile's endpoint_url) decides where calls go; the SDK refuses to combine
-                // it with the FIPS or dual-stack flags, so the host's flavour yields to it.
                 let custom = self.base.endpoint_url().is_some()
                     || std::env::var_os("AWS_ENDPOINT_URL_ECR").is_some();
+                let choice = EndpointChoice::for_private(*fips, *dual_stack, &self.base, custom);
                 let mut conf = aws_sdk_ecr::config::Builder::from(&self.base)
                     .region(region)
-                    .use_fips(*fips && !custom)
-                    .use_dual_stack(*dual_stack && !custom);
+                    .use_fips(choice.fips)
+                    .use_dual_stack(choice.dual_stack);
                 if let Some(creds) = credentials {
                     conf = conf.credentials_provider(creds);
                 }
@@ -332,6 +351,54 @@ mod tests {
                 "a short-lived token is renewed later, not at once"
             );
         }
+    }
+
+    /// The endpoint an ECR client built from `base` for a host of this flavour calls.
+    fn private_endpoint(host_fips: bool, host_dual_stack: bool, base: &SdkConfig) -> String {
+        use aws_sdk_ecr::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
+        let choice = EndpointChoice::for_private(host_fips, host_dual_stack, base, false);
+        let params = Params::builder()
+            .region("us-east-1")
+            .use_fips(choice.fips)
+            .use_dual_stack(choice.dual_stack)
+            .build()
+            .unwrap();
+        let resolver = DefaultResolver::new();
+        let endpoint = futures::executor::block_on(resolver.resolve_endpoint(&params)).unwrap();
+        endpoint.url().to_owned()
+    }
+
+    #[test]
+    fn fips_and_dual_stack_come_from_the_host_or_the_environment() {
+        let plain = SdkConfig::builder().build();
+        assert_eq!(
+            private_endpoint(false, false, &plain),
+            "https://api.ecr.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            private_endpoint(true, false, &plain),
+            "https://api.ecr-fips.us-east-1.amazonaws.com"
+        );
+        // AWS_USE_FIPS_ENDPOINT / AWS_USE_DUALSTACK_ENDPOINT (or a profile) reach the SDK's
+        // configuration; a plain host honours them.
+        let fips = SdkConfig::builder().use_fips(true).build();
+        assert_eq!(
+            private_endpoint(false, false, &fips),
+            "https://api.ecr-fips.us-east-1.amazonaws.com"
+        );
+        let dual = SdkConfig::builder().use_dual_stack(true).build();
+        assert_eq!(
+            private_endpoint(false, false, &dual),
+            "https://ecr.us-east-1.api.aws"
+        );
+        // An endpoint of the operator's wins over both.
+        assert_eq!(
+            EndpointChoice::for_private(true, true, &fips, true),
+            EndpointChoice {
+                fips: false,
+                dual_stack: false
+            }
+        );
     }
 
     #[test]

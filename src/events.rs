@@ -45,10 +45,36 @@ impl Events {
             .await;
     }
 
+    /// A watch regcred needs cannot be made (`problem` says which and what it lacks), about
+    /// `regarding` (regcred's Lease, so the Event sits in regcred's own namespace).
+    pub async fn watch_failed(&self, regarding: &ObjectReference, problem: &str) {
+        let note = format!("{problem}. Everything else is still served.");
+        self.send(regarding.clone(), EventType::Warning, "WatchFailed", note)
+            .await;
+    }
+
     async fn publish(
         &self,
         ns: &Namespace,
         stored: Option<&Secret>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let reference: ObjectReference = if let Some(secret) = stored {
+            secret.object_ref(&())
+        } else {
+            let mut r = ns.object_ref(&());
+            // Keep the Event in the namespace it is about, where its owners look.
+            r.namespace.clone_from(&ns.metadata.name);
+            r
+        };
+        self.send(reference, type_, reason, note).await;
+    }
+
+    async fn send(
+        &self,
+        reference: ObjectReference,
         type_: EventType,
         reason: &str,
         mut note: String,
@@ -60,14 +86,6 @@ impl Events {
             }
             note.truncate(end);
         }
-        let reference: ObjectReference = if let Some(secret) = stored {
-            secret.object_ref(&())
-        } else {
-            let mut r = ns.object_ref(&());
-            // Keep the Event in the namespace it is about, where its owners look.
-            r.namespace.clone_from(&ns.metadata.name);
-            r
-        };
         let event = Event {
             type_,
             reason: reason.to_owned(),

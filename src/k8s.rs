@@ -24,6 +24,47 @@ pub enum Error {
     Timeout { what: String },
 }
 
+/// Whether this identity may `verb` the core `resource` in every namespace, as the API
+/// server's authorizer answers (SelfSubjectAccessReview); no answer counts as no.
+pub async fn may(client: &kube::Client, verb: &str, resource: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(String::new()),
+                resource: Some(resource.to_owned()),
+                verb: Some(verb.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api = Api::<SelfSubjectAccessReview>::all(client.clone());
+    match tokio::time::timeout(
+        API_TIMEOUT,
+        api.create(&kube::api::PostParams::default(), &review),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.status.is_some_and(|s| s.allowed),
+        _ => false,
+    }
+}
+
+/// Whether regcred may read and patch ServiceAccounts everywhere although no entry lists
+/// any: then it still removes the references it recorded making (patching was turned off).
+pub async fn may_tend_service_accounts(client: &kube::Client) -> bool {
+    let (list, watch, patch) = tokio::join!(
+        may(client, "list", "serviceaccounts"),
+        may(client, "watch", "serviceaccounts"),
+        may(client, "patch", "serviceaccounts"),
+    );
+    list && watch && patch
+}
+
 /// A client from `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
 pub async fn client() -> Result<kube::Client, Error> {
     kube::Client::try_default().await.map_err(Error::Connect)
@@ -60,14 +101,18 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     /// By namespace, then by secret name.
     pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
-    /// By namespace.
-    pub service_accounts: BTreeMap<String, Vec<ServiceAccount>>,
+    /// By namespace; `None` when not read (regcred neither patches nor may tend them).
+    pub service_accounts: Option<BTreeMap<String, Vec<ServiceAccount>>>,
 }
 
 impl Snapshot {
-    /// Reads namespaces, regcred's secrets (by name, so RBAC can be name-scoped) and, when
-    /// the configuration patches them, ServiceAccounts.
-    pub async fn read(client: &kube::Client, config: &Config) -> Result<Self, Error> {
+    /// Reads namespaces, regcred's secrets (by name, so RBAC can be name-scoped: the
+    /// configured names and the former ones) and, when `service_accounts`, ServiceAccounts.
+    pub async fn read(
+        client: &kube::Client,
+        config: &Config,
+        service_accounts: bool,
+    ) -> Result<Self, Error> {
         let namespaces = list_all(
             &Api::<Namespace>::all(client.clone()),
             &ListParams::default(),
@@ -75,7 +120,7 @@ impl Snapshot {
         )
         .await?;
         let mut secrets: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
-        for name in config.secret_names() {
+        for name in config.managed_names() {
             let params = ListParams::default().fields(&format!("metadata.name={name}"));
             let found = list_all(
                 &Api::<Secret>::all(client.clone()),
@@ -88,8 +133,8 @@ impl Snapshot {
                 secrets.entry(ns).or_default().insert(name.clone(), s);
             }
         }
-        let mut service_accounts: BTreeMap<String, Vec<ServiceAccount>> = BTreeMap::new();
-        if config.patches_service_accounts() {
+        let service_accounts = if service_accounts {
+            let mut by_namespace: BTreeMap<String, Vec<ServiceAccount>> = BTreeMap::new();
             let all = list_all(
                 &Api::<ServiceAccount>::all(client.clone()),
                 &ListParams::default(),
@@ -97,12 +142,15 @@ impl Snapshot {
             )
             .await?;
             for sa in all {
-                service_accounts
+                by_namespace
                     .entry(sa.metadata.namespace.clone().unwrap_or_default())
                     .or_default()
                     .push(sa);
             }
-        }
+            Some(by_namespace)
+        } else {
+            None
+        };
         Ok(Self {
             namespaces,
             secrets,

@@ -105,6 +105,15 @@ struct WebhookLabels {
     result: WebhookResult,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: &'static str,
+}
+
+/// A gauge that can also be absent (no label set at all): what a standby exports for the
+/// leader's gauges.
+type Optional = Family<Vec<(String, String)>, Gauge>;
+
 /// Every metric regcred exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -112,10 +121,12 @@ pub struct Metrics {
     token_expiry: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
     token_refreshes: Family<RefreshLabels, Counter>,
     secret_writes: Family<WriteLabels, Counter>,
-    namespaces_selected: Gauge,
+    namespaces_selected: Optional,
+    namespaces_tracked: Gauge,
     reconcile_duration: Histogram,
     leader: Gauge,
     webhook_requests: Family<WebhookLabels, Counter>,
+    watch_healthy: Family<ResourceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -131,10 +142,12 @@ impl Metrics {
         let token_expiry = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
         let token_refreshes = Family::<RefreshLabels, Counter>::default();
         let secret_writes = Family::<WriteLabels, Counter>::default();
-        let namespaces_selected = Gauge::default();
+        let namespaces_selected = Optional::default();
+        let namespaces_tracked = Gauge::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let leader = Gauge::default();
         let webhook_requests = Family::<WebhookLabels, Counter>::default();
+        let watch_healthy = Family::<ResourceLabel, Gauge>::default();
         registry.register(
             "regcred_token_expiry_timestamp_seconds",
             "When the current token of a registry expires (Unix seconds)",
@@ -152,8 +165,13 @@ impl Metrics {
         );
         registry.register(
             "regcred_namespaces_selected",
-            "Namespaces regcred serves",
+            "Namespaces regcred serves (leader only)",
             namespaces_selected.clone(),
+        );
+        registry.register(
+            "regcred_namespaces_tracked",
+            "Namespaces the controller keeps per-namespace state for; follows the namespaces that exist",
+            namespaces_tracked.clone(),
         );
         registry.register(
             "regcred_reconcile_duration_seconds",
@@ -170,15 +188,22 @@ impl Metrics {
             "Admission requests by what the webhook did",
             webhook_requests.clone(),
         );
+        registry.register(
+            "regcred_watch_healthy",
+            "1 while every watch of that resource works, 0 while one fails (the log and a WatchFailed Event say why)",
+            watch_healthy.clone(),
+        );
         Self {
             registry,
             token_expiry,
             token_refreshes,
             secret_writes,
             namespaces_selected,
+            namespaces_tracked,
             reconcile_duration,
             leader,
             webhook_requests,
+            watch_healthy,
         }
     }
 
@@ -207,9 +232,33 @@ impl Metrics {
             .inc();
     }
 
-    pub fn namespaces_selected(&self, n: usize) {
-        self.namespaces_selected
+    /// Stops exporting every registry's token expiry (a standby's would be stale).
+    pub fn forget_token_expiries(&self) {
+        self.token_expiry.clear();
+    }
+
+    /// Namespaces served; `None` stops exporting the gauge (a standby's would be stale).
+    pub fn namespaces_selected(&self, n: Option<usize>) {
+        match n {
+            Some(n) => {
+                self.namespaces_selected
+                    .get_or_create(&Vec::new())
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => self.namespaces_selected.clear(),
+        }
+    }
+
+    pub fn namespaces_tracked(&self, n: usize) {
+        self.namespaces_tracked
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Whether every watch of `resource` (`namespaces`, `secrets`, `serviceaccounts`) works.
+    pub fn watch_healthy(&self, resource: &'static str, healthy: bool) {
+        self.watch_healthy
+            .get_or_create(&ResourceLabel { resource })
+            .set(i64::from(healthy));
     }
 
     pub fn reconcile_duration(&self, seconds: f64) {
@@ -246,10 +295,12 @@ mod tests {
         m.token_refreshed("public.ecr.aws", RefreshResult::Success);
         m.token_expiry("public.ecr.aws", "2026-11-29T12:00:00Z".parse().unwrap());
         m.secret_write(WriteResult::Foreign);
-        m.namespaces_selected(3);
+        m.namespaces_selected(Some(3));
+        m.namespaces_tracked(7);
         m.reconcile_duration(0.01);
         m.leader(true);
         m.webhook_request(WebhookResult::Injected);
+        m.watch_healthy("serviceaccounts", false);
         let text = m.encode();
         for want in [
             "regcred_token_expiry_timestamp_seconds{registry=\"public.ecr.aws\"} 1795953600",
@@ -259,8 +310,26 @@ mod tests {
             "regcred_reconcile_duration_seconds_count 1",
             "regcred_leader 1",
             "regcred_webhook_requests_total{result=\"injected\"} 1",
+            "regcred_namespaces_tracked 7",
+            "regcred_watch_healthy{resource=\"serviceaccounts\"} 0",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_standby_exports_no_token_expiry_and_no_selection() {
+        let m = Metrics::new();
+        m.token_expiry("public.ecr.aws", "2026-11-29T12:00:00Z".parse().unwrap());
+        m.namespaces_selected(Some(3));
+        m.forget_token_expiries();
+        m.namespaces_selected(None);
+        let text = m.encode();
+        for gone in [
+            "regcred_token_expiry_timestamp_seconds{",
+            "regcred_namespaces_selected ",
+        ] {
+            assert!(!text.contains(gone), "{gone:?} still in\n{text}");
         }
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use jiff::Timestamp;
 use rand::Rng as _;
 use tokio::sync::watch;
@@ -14,6 +16,7 @@ use tokio::time::Instant;
 use crate::admin::Health;
 use crate::config::{Config, Refresh};
 use crate::ecr::{Token, Tokens};
+use crate::lease::Leadership;
 use crate::metrics::{Metrics, RefreshResult};
 use crate::reconcile::TokenView;
 use crate::registry::TokenSource;
@@ -35,7 +38,10 @@ struct SourceState {
     token: Option<Token>,
     error: Option<String>,
     failures: u32,
+    /// When to fetch next (`None`: at once).
     next: Option<Instant>,
+    /// A fetch is under way.
+    fetching: bool,
 }
 
 /// Converts a wall-clock time to the monotonic clock (past times become "now").
@@ -54,6 +60,12 @@ pub struct Refresher {
     refresh: Refresh,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+}
+
+/// What woke the refresher.
+enum Wake {
+    Fetched(TokenSource, crate::ecr::Result<Token>),
+    Other,
 }
 
 impl Refresher {
@@ -82,23 +94,50 @@ impl Refresher {
         }
     }
 
-    /// Runs until shutdown; fetches only while this replica leads.
+    fn fresh_state(&self) -> BTreeMap<TokenSource, SourceState> {
+        self.sources
+            .keys()
+            .map(|s| (s.clone(), SourceState::default()))
+            .collect()
+    }
+
+    /// Runs until shutdown; holds and fetches tokens only while this replica leads, and only
+    /// for the term it leads in: a new term starts from nothing, so a replica that regains
+    /// the Lease never serves a token it held before. Each source is fetched on its own and
+    /// its token published as soon as it arrives: one that hangs holds back no other.
     pub async fn run(
         self,
         publish: watch::Sender<Arc<TokenView>>,
-        mut leading: watch::Receiver<bool>,
+        mut leading: watch::Receiver<Leadership>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut state: BTreeMap<TokenSource, SourceState> = self
-            .sources
-            .keys()
-            .map(|s| (s.clone(), SourceState::default()))
-            .collect();
+        let fetch = |source: TokenSource| {
+            let tokens = &self.tokens;
+            async move {
+                let result = tokens.fetch(&source).await;
+                (source, result)
+            }
+        };
+        let mut term: Option<u64> = None;
+        let mut state = self.fresh_state();
+        let mut inflight = FuturesUnordered::new();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            if !*leading.borrow_and_update() {
+            let current = leading.borrow_and_update().term();
+            if current != term {
+                // Nothing of the last term is kept, not even a fetch under way.
+                term = current;
+                state = self.fresh_state();
+                inflight = FuturesUnordered::new();
+                self.metrics.forget_token_expiries();
+                publish.send_replace(Arc::new(TokenView {
+                    term,
+                    ..TokenView::default()
+                }));
+            }
+            if term.is_none() {
                 // A standby holds no tokens it would have to keep fresh.
                 self.health.tokens_fresh.store(true, Ordering::Relaxed);
                 tokio::select! {
@@ -107,23 +146,13 @@ impl Refresher {
                 }
             }
             let now = Instant::now();
-            let due: Vec<TokenSource> = state
-                .iter()
-                .filter(|(_, s)| s.next.is_none_or(|n| n <= now))
-                .map(|(source, _)| source.clone())
-                .collect();
-            if !due.is_empty() {
-                let fetched =
-                    futures::future::join_all(due.iter().map(|s| self.tokens.fetch(s))).await;
-                for (source, result) in due.into_iter().zip(fetched) {
-                    self.record(
-                        state.get_mut(&source).expect("known source"),
-                        &source,
-                        result,
-                    );
+            for (source, s) in &mut state {
+                if !s.fetching && s.next.is_none_or(|n| n <= now) {
+                    s.fetching = true;
+                    inflight.push(fetch(source.clone()));
                 }
             }
-            let view = Self::view(&state);
+            let view = Self::view(&state, term);
             let fresh = self.sources.keys().all(|s| view.tokens.contains_key(s));
             self.health.tokens_fresh.store(fresh, Ordering::Relaxed);
             publish.send_if_modified(|current| {
@@ -134,10 +163,13 @@ impl Refresher {
                     true
                 }
             });
-            // Wake for the next renewal (one already due wakes at once), or when a held
-            // token expires, to withdraw it (an expiry already past is not waited for).
+            // Wake for the next renewal, or when a held token expires, to withdraw it (an
+            // expiry already past is not waited for); a fetch under way wakes it by ending.
             let now = Instant::now();
-            let renewals = state.values().filter_map(|s| s.next);
+            let renewals = state
+                .values()
+                .filter(|s| !s.fetching)
+                .filter_map(|s| s.next);
             let expiries = state
                 .values()
                 .filter_map(|s| s.token.as_ref().map(|t| instant_at(t.expires_at)))
@@ -145,11 +177,20 @@ impl Refresher {
             let wake = renewals
                 .chain(expiries)
                 .min()
-                .unwrap_or_else(|| now + self.refresh.retry_min.unsigned_abs());
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                _ = leading.changed() => {}
+                .unwrap_or_else(|| now + Duration::from_hours(1));
+            let event = tokio::select! {
+                Some((source, result)) = inflight.next(), if !inflight.is_empty() => {
+                    Wake::Fetched(source, result)
+                }
+                () = tokio::time::sleep_until(wake) => Wake::Other,
+                _ = leading.changed() => Wake::Other,
                 _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if let Wake::Fetched(source, result) = event
+                && let Some(s) = state.get_mut(&source)
+            {
+                s.fetching = false;
+                self.record(s, &source, result);
             }
         }
     }
@@ -182,18 +223,22 @@ impl Refresher {
         }
     }
 
-    /// Unexpired tokens, and errors for sources that have none.
-    fn view(state: &BTreeMap<TokenSource, SourceState>) -> TokenView {
+    /// Unexpired tokens of this term, and errors for sources that have none.
+    fn view(state: &BTreeMap<TokenSource, SourceState>, term: Option<u64>) -> TokenView {
         let now = Timestamp::now();
-        let mut view = TokenView::default();
+        let mut view = TokenView {
+            term,
+            ..TokenView::default()
+        };
         for (source, s) in state {
             match &s.token {
                 Some(token) if !token.is_expired(now) => {
                     view.tokens.insert(source.clone(), token.clone());
                 }
                 _ => {
-                    let why = s.error.clone().unwrap_or_else(|| "no token yet".to_owned());
-                    view.errors.insert(source.clone(), why);
+                    if let Some(why) = &s.error {
+                        view.errors.insert(source.clone(), why.clone());
+                    }
                 }
             }
         }
@@ -201,9 +246,10 @@ impl Refresher {
     }
 }
 
-/// Whether two views would produce the same secrets (same tokens, same failures).
+/// Whether two views would produce the same secrets (same term, tokens and failures).
 fn same_view(a: &TokenView, b: &TokenView) -> bool {
-    a.errors == b.errors
+    a.term == b.term
+        && a.errors == b.errors
         && a.tokens.len() == b.tokens.len()
         && a.tokens.iter().zip(&b.tokens).all(|((sa, ta), (sb, tb))| {
             use secrecy::ExposeSecret as _;

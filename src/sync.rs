@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigArgs};
 use crate::ecr::Tokens;
 use crate::events::Events;
 use crate::k8s::Snapshot;
+use crate::lease::Permit;
 use crate::reconcile::{self, Assignment, Context, Freshness, Outcome, Report, Step, TokenView};
 use crate::secrets::{self, Writer};
 use crate::{Error, Exit};
@@ -98,8 +99,11 @@ pub async fn pass(
     dry_run: bool,
     concurrency: usize,
 ) -> Result<Summary, Error> {
-    let snapshot = Snapshot::read(client, config).await?;
+    let service_accounts =
+        config.patches_service_accounts() || crate::k8s::may_tend_service_accounts(client).await;
+    let snapshot = Snapshot::read(client, config, service_accounts).await?;
     let view = fetch_due_tokens(config, &snapshot, tokens).await;
+    let permit = Permit::always();
     let writer = Writer::new(client.clone());
     let events = Events::new(client.clone());
     let ctx = Context {
@@ -111,7 +115,9 @@ pub async fn pass(
         dry_run,
         metrics: None,
         events: Some(&events),
+        permit: &permit,
     };
+    let nothing_unknown = BTreeSet::new();
     let no_secrets = BTreeMap::new();
     let reports: Vec<Report> = futures::stream::iter(&snapshot.namespaces)
         .map(|ns| {
@@ -119,9 +125,9 @@ pub async fn pass(
             let stored = snapshot.secrets.get(name).unwrap_or(&no_secrets);
             let sas = snapshot
                 .service_accounts
-                .get(name)
-                .map_or(&[][..], Vec::as_slice);
-            reconcile::namespace(&ctx, ns, stored, sas)
+                .as_ref()
+                .map(|all| all.get(name).map_or(&[][..], Vec::as_slice));
+            reconcile::namespace(&ctx, ns, stored, sas, &nothing_unknown)
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -130,6 +136,11 @@ pub async fn pass(
         reports,
         registries: config.hosts().len(),
         dry_run,
+        former_names: config
+            .former_names
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     })
 }
 
@@ -139,6 +150,8 @@ pub struct Summary {
     pub reports: Vec<Report>,
     pub registries: usize,
     pub dry_run: bool,
+    /// Former secret names (their removals are counted apart).
+    pub former_names: BTreeSet<String>,
 }
 
 /// How one namespace counts in the summary line.
@@ -179,16 +192,19 @@ impl Summary {
     pub fn render(&self) -> String {
         let selected: Vec<&Report> = self.reports.iter().filter(|r| r.is_selected()).collect();
         let count = |t| selected.iter().filter(|r| tally(r) == t).count();
-        let removed: usize = self
-            .reports
-            .iter()
-            .map(|r| {
-                r.secrets
-                    .values()
-                    .filter(|o| **o == Outcome::Removed)
-                    .count()
-            })
-            .sum();
+        // Removals, where no longer selected and of former names, and how many of all were
+        // given back to their owners rather than deleted.
+        let (mut removed, mut retired, mut given_back) = (0, 0, 0);
+        for (secret, outcome) in self.reports.iter().flat_map(|r| &r.secrets) {
+            if matches!(outcome, Outcome::Removed | Outcome::GivenBack) {
+                if self.former_names.contains(secret) {
+                    retired += 1;
+                } else {
+                    removed += 1;
+                }
+                given_back += usize::from(*outcome == Outcome::GivenBack);
+            }
+        }
         let next_expiry = self.reports.iter().flat_map(|r| r.expiries.iter()).min();
         let mut out = String::new();
         let mut sorted: Vec<&Report> = self.reports.iter().collect();
@@ -213,6 +229,15 @@ impl Summary {
             let _ = write!(
                 out,
                 "; removed {removed} from namespaces no longer selected"
+            );
+        }
+        if retired > 0 {
+            let _ = write!(out, "; removed {retired} of former names");
+        }
+        if given_back > 0 {
+            let _ = write!(
+                out,
+                " ({given_back} given back to their owners with their other registries' entries)"
             );
         }
         match next_expiry {
@@ -276,6 +301,7 @@ mod tests {
             ],
             registries: 2,
             dry_run: false,
+            former_names: BTreeSet::new(),
         };
         let text = s.render();
         let mut lines = text.lines();

@@ -60,28 +60,67 @@ fn dumps_payloads(target: &str, level: Level) -> bool {
         })
 }
 
-/// Secrets regcred holds (token passwords and `auth` values): whatever writes a log line,
-/// regcred or a dependency, these never reach stderr. The newest [`NEVER_LOG_KEEP`] are kept.
+/// Secrets regcred holds (token passwords and `auth` values), in every form they take in a
+/// log line: whatever writes one, regcred or a dependency, these never reach stderr. The
+/// newest [`NEVER_LOG_KEEP`] strings are kept (a few dozen tokens' worth).
 static NEVER_LOG: RwLock<VecDeque<String>> = RwLock::new(VecDeque::new());
-const NEVER_LOG_KEEP: usize = 64;
+const NEVER_LOG_KEEP: usize = 1024;
 const REDACTED: &str = "[redacted]";
+/// Shorter strings are never registered: they would redact ordinary words (real tokens are
+/// hundreds of characters).
+const SHORTEST: usize = 8;
 
-/// Registers a secret that must never be logged. Short strings are ignored (they would
-/// redact ordinary words; real tokens are hundreds of characters).
+/// Registers a secret that must never be logged, in every form a log line may carry it: as
+/// is; JSON-escaped (with and without escaped slashes), as it sits in a document; and base64
+/// of each of those at all three byte alignments, as it sits inside a base64 field such as
+/// a Secret's `data` (a client that logs a response body it could not decode prints that).
 pub fn never_log(secret: &str) {
-    if secret.len() < 8 {
+    if secret.len() < SHORTEST {
         return;
     }
     let mut all = NEVER_LOG
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if all.iter().any(|s| s == secret) {
-        return;
+    for form in forms(secret) {
+        if form.len() < SHORTEST || all.contains(&form) {
+            continue;
+        }
+        if all.len() == NEVER_LOG_KEEP {
+            all.pop_front();
+        }
+        all.push_back(form);
     }
-    if all.len() == NEVER_LOG_KEEP {
-        all.pop_front();
+}
+
+/// Every form of `secret` [`never_log`] registers.
+fn forms(secret: &str) -> Vec<String> {
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(secret)
+        .to_owned();
+    let mut plain = vec![secret.to_owned(), json.clone(), json.replace('/', "\\/")];
+    plain.dedup();
+    let mut all = plain.clone();
+    for text in &plain {
+        all.extend((0..3).map(|offset| base64_core(text.as_bytes(), offset)));
     }
-    all.push_back(secret.to_owned());
+    all.dedup();
+    all
+}
+
+/// The part of the base64 encoding of `bytes` that does not depend on what surrounds them,
+/// when they start `offset` bytes (0 to 2) into a 3-byte group of a longer encoded text.
+fn base64_core(bytes: &[u8], offset: usize) -> String {
+    use base64::Engine as _;
+    let mut aligned = vec![0_u8; offset];
+    aligned.extend_from_slice(bytes);
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&aligned);
+    // The first characters mix in the bytes before; a last partial group, the bytes after.
+    let start = [0, 2, 3][offset];
+    let end = encoded.len() - usize::from(!aligned.len().is_multiple_of(3));
+    encoded.get(start..end).unwrap_or_default().to_owned()
 }
 
 /// A log line with every registered secret replaced.
@@ -149,6 +188,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn base64_cores_are_what_every_encoding_of_the_secret_contains() {
+        use base64::Engine as _;
+        let secret = b"s3cr3t-password-value";
+        for before in ["", "x", "xy", "xyz", "wxyz"] {
+            for after in ["", "!", "!!", "!!!"] {
+                let text = [before.as_bytes(), secret, after.as_bytes()].concat();
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&text);
+                let core = base64_core(secret, before.len() % 3);
+                assert!(core.len() >= 24, "{core}");
+                assert!(
+                    encoded.contains(&core),
+                    "{before:?} {after:?}: {encoded} {core}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn registered_secrets_are_redacted_from_any_line() {
         never_log("short");
         never_log("s3cr3t-password-value");
@@ -160,6 +217,86 @@ mod tests {
             redact("nothing here"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Whether any of `secrets` can be read back from `text`: as is, or from any run of base64
+    /// in it, decoded from every starting point.
+    fn recoverable(text: &str, secrets: &[&str]) -> Option<String> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        if let Some(s) = secrets.iter().find(|s| text.contains(**s)) {
+            return Some(format!("{s} as is"));
+        }
+        let runs = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
+            .filter(|r| r.len() >= 8);
+        for run in runs {
+            for skip in 0..4.min(run.len()) {
+                let chunk = &run[skip..];
+                let Ok(bytes) = STANDARD_NO_PAD.decode(&chunk[..chunk.len() / 4 * 4]) else {
+                    continue;
+                };
+                let decoded = String::from_utf8_lossy(&bytes);
+                if let Some(s) = recoverable(&decoded, secrets) {
+                    return Some(format!("{s}, in base64 {run}"));
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_secret_in_a_response_body_is_redacted_in_its_base64_and_json_forms() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as BASE64;
+
+        // A password as ECR makes them (base64 of a JSON document), in a token as ECR sends
+        // it (base64 of "AWS:" and the password, the very `auth` of the secret).
+        let password = BASE64.encode(
+            r#"{"payload":"aGVsbG8/Pz8+Pj4gd29ybGQ=","datakey":"AQIDAHhh","version":"2","type":"DATA_KEY","expiration":1795953600}"#,
+        );
+        let auth = BASE64.encode(format!("AWS:{password}"));
+        let source = crate::registry::TokenSource::of(
+            &crate::registry::Registry::parse("public.ecr.aws").unwrap(),
+            None,
+        );
+        let now = jiff::Timestamp::now();
+        let token = crate::ecr::Token::from_authorization(
+            &source,
+            &auth,
+            Some(now + jiff::SignedDuration::from_hours(12)),
+            now,
+        )
+        .unwrap();
+        let secret = crate::secrets::desired(
+            "regcred",
+            "apps",
+            &[crate::secrets::Served {
+                host: "public.ecr.aws",
+                token: &token,
+            }],
+            std::collections::BTreeMap::new(),
+        );
+        // The API server's answer for that Secret (`data` is base64 of the document), as a
+        // client logs it when it cannot decode it; with its slashes escaped, as some JSON
+        // writers do; and Debug-formatted.
+        let body = serde_json::to_string(&secret).unwrap();
+        let lines = [
+            format!("{body}, Error(\"missing field `kind`\", line: 1, column: 420)"),
+            body.replace('/', "\\/"),
+            format!("{body:?}"),
+            // The document itself, and the password in it, JSON-escaped.
+            String::from_utf8(secret.data.unwrap()[crate::secrets::DATA_KEY].0.clone()).unwrap(),
+            serde_json::to_string(&serde_json::json!({ "p": password }))
+                .unwrap()
+                .replace('/', "\\/"),
+        ];
+        for line in lines {
+            let out = redact(&line);
+            if let Some(found) = recoverable(&out, &[&password, &auth]) {
+                panic!("{found}\nin the redacted line\n{out}");
+            }
+        }
     }
 
     #[test]

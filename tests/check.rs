@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Output;
 
+use common::helm::install_policy;
 use common::*;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
@@ -49,6 +50,7 @@ fn failed_names(report: &Value) -> Vec<String> {
 async fn with_the_charts_rbac_every_check_passes() {
     let admin = stack().admin().await;
     let who = chart_identity(&admin, &["regcred"], true).await;
+    install_policy(&who, &["regcred"]).await;
     let out = check(
         &who,
         &[&PATCH_SA[..], &["--output", "json"]].concat(),
@@ -63,8 +65,8 @@ async fn with_the_charts_rbac_every_check_passes() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    // config, identity, two tokens, kubernetes, 24 - 5 permissions.
-    assert_eq!(names.len(), 24, "{names:?}");
+    // config, identity, two tokens, kubernetes, the admission policy, 25 - 6 permissions.
+    assert_eq!(names.len(), 25, "{names:?}");
     for expected in [
         "config",
         "aws identity",
@@ -74,6 +76,7 @@ async fn with_the_charts_rbac_every_check_passes() {
         "can delete secrets/regcred",
         "can patch serviceaccounts",
         "can create events.events.k8s.io",
+        "secret admission policy",
     ] {
         assert!(names.contains(&expected), "{expected} missing: {names:?}");
     }
@@ -96,8 +99,8 @@ async fn with_the_charts_rbac_every_check_passes() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let table = stdout(&out);
     assert!(!table.contains('✗'), "{table}");
-    assert_eq!(table.matches('✓').count(), 24, "{table}");
-    assert!(table.ends_with("all 24 checks passed\n"), "{table}");
+    assert_eq!(table.matches('✓').count(), 25, "{table}");
+    assert!(table.ends_with("all 25 checks passed\n"), "{table}");
 }
 
 /// The chart's rules with one verb taken out of the rules that match `resource`.
@@ -129,6 +132,7 @@ async fn a_missing_permission_shows_exactly_that_failure() {
         chart_namespace_rules("regcred"),
     )
     .await;
+    install_policy(&who, &["regcred"]).await;
     let out = check(&who, &PATCH_SA, |_| {});
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let table = stdout(&out);
@@ -148,7 +152,7 @@ async fn a_missing_permission_shows_exactly_that_failure() {
             && hint.contains("verbs: [delete], resourceNames: [regcred]"),
         "{hint}"
     );
-    assert!(table.ends_with("1 of 24 checks failed\n"), "{table}");
+    assert!(table.ends_with("1 of 25 checks failed\n"), "{table}");
 
     // Without `update` on its Lease (in its own namespace).
     let home = unique("check-home");
@@ -160,6 +164,7 @@ async fn a_missing_permission_shows_exactly_that_failure() {
         without(chart_namespace_rules("regcred"), "leases", "update"),
     )
     .await;
+    install_policy(&who, &["regcred"]).await;
     let out = check(
         &who,
         &[&PATCH_SA[..], &["--output", "json"]].concat(),
@@ -188,6 +193,7 @@ async fn a_cronjob_needs_no_lease_and_no_serviceaccounts_without_patching() {
         vec![],
     )
     .await;
+    install_policy(&who, &["regcred"]).await;
     let cronjob = check(&who, &["--mode", "cronjob", "--output", "json"], |_| {});
     let report = json_report(&cronjob);
     assert_eq!(cronjob.status.code(), Some(0), "{report:#}");
@@ -210,6 +216,7 @@ async fn a_cronjob_needs_no_lease_and_no_serviceaccounts_without_patching() {
 async fn aws_failures_show_with_hints() {
     let admin = stack().admin().await;
     let who = chart_identity(&admin, &["regcred"], true).await;
+    install_policy(&who, &["regcred"]).await;
     let out = check(
         &who,
         &[&PATCH_SA[..], &["--output", "json"]].concat(),
@@ -267,5 +274,45 @@ async fn a_bad_config_exits_2_and_says_why() {
     assert!(
         stack().aws_calls(&key).is_empty(),
         "nothing else was checked"
+    );
+}
+
+/// Without the chart's admission policy, the chart's RBAC would let regcred's identity create
+/// a service-account-token secret of its own name: check says so, with the fix.
+#[tokio::test]
+async fn without_the_admission_policy_that_row_fails_with_a_hint() {
+    let admin = stack().admin().await;
+    let who = chart_identity(&admin, &["regcred"], true).await;
+    let out = check(
+        &who,
+        &[&PATCH_SA[..], &["--output", "json"]].concat(),
+        |_| {},
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(&out);
+    assert_eq!(failed_names(&report), ["secret admission policy"]);
+    let row = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "secret admission policy")
+        .unwrap();
+    assert!(
+        row["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kubernetes.io/service-account-token"),
+        "{row}"
+    );
+    let hint = row["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("ValidatingAdmissionPolicy") && hint.contains("1.30"),
+        "{hint}"
+    );
+    assert!(
+        get_secret(&admin, &who.namespace, "regcred")
+            .await
+            .is_none(),
+        "the probe was a dry run"
     );
 }

@@ -6,12 +6,16 @@
 //! Settings (environment): `NAMESPACES` (default 1000), `BASELINE_SAMPLE` (namespaces the
 //! baseline is timed over, default 200; when below `NAMESPACES` its figures are
 //! extrapolated and labelled so), `BENCH_IDLE_SECS` (default 120), `BENCH_STEADY_SECS`
-//! (default 30), `BENCH_PROVIDER_CALLS` (default 50), `BENCH_PODS` (1: the pod-level table
-//! on the stack's node, default; 0: skip it), `BENCH_POD_TTL` (seconds, default 90),
-//! `BENCH_POD_LIFETIMES` (default 5), `BENCH_RACE_TRIES` (default 20).
+//! (default 30), `BENCH_PROVIDER_CALLS` (default 50), `CHURN` (namespaces created and deleted
+//! under one `regcred run` to show its bookkeeping follows them, default 10000; 0 skips it),
+//! `BENCH_ONLY=churn` (that measurement alone, in a cluster of its own: `make bench-churn`),
+//! `BENCH_PODS` (1: the pod-level table on the stack's node, default; 0: skip it),
+//! `BENCH_POD_TTL` (seconds, default 90), `BENCH_POD_LIFETIMES` (default 5),
+//! `BENCH_RACE_TRIES` (default 20).
 #![allow(clippy::print_stdout, clippy::print_stderr)] // A benchmark reports on the terminal.
 #![allow(clippy::cast_precision_loss)] // Counts far below 2^52.
 
+mod churn;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod report;
@@ -133,6 +137,11 @@ async fn main() {
         return;
     }
     let t0 = Instant::now();
+    let churn_n = usize::try_from(setting("CHURN", 10_000)).unwrap();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
+        churn_alone(t0, churn_n).await;
+        return;
+    }
     let n = usize::try_from(setting("NAMESPACES", 1000)).unwrap();
     let sample = usize::try_from(setting("BASELINE_SAMPLE", 200))
         .unwrap()
@@ -209,7 +218,10 @@ async fn main() {
         results.pods = Some(measure_pods(t0).await);
     }
 
-    let table = results.render();
+    let mut table = results.render();
+    if churn_n > 0 {
+        table.push_str(&measure_churn(&bench, churn_n, steady).await.render());
+    }
     println!("\n{table}");
     let out = s.root.join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -222,6 +234,71 @@ async fn main() {
     drop(bench);
     drop(scratch);
     say(t0, "done");
+}
+
+/// The churn with a fresh `regcred run` in the bench's cluster.
+async fn measure_churn(b: &Bench, n: usize, steady: Duration) -> churn::Churn {
+    let (mut run, _key) = b.start_run();
+    run.wait_ready(Duration::from_mins(15)).await;
+    let churn = churn::measure(
+        &b.admin,
+        &run,
+        SECRET,
+        "bench-churn-",
+        n,
+        2,
+        steady,
+        |what| {
+            b.say(what);
+        },
+    )
+    .await;
+    run.signal("TERM");
+    run.wait_exit(Duration::from_secs(10)).expect("run stopped");
+    churn
+}
+
+/// `BENCH_ONLY=churn`: the churn alone, in a private cluster of its own.
+async fn churn_alone(t0: Instant, n: usize) {
+    let steady = Duration::from_secs(setting("BENCH_STEADY_SECS", 30));
+    say(
+        t0,
+        &format!("churn of {n} namespaces; starting a private etcd and kube-apiserver"),
+    );
+    let cluster = PrivateCluster::start(&[]);
+    let admin = cluster.admin().await;
+    let who = chart_identity(&admin, &[SECRET], false).await;
+    cluster.point_at_me(&who);
+    let (_config_dir, config) = config_file(&format!(
+        "secrets:\n  - name: {SECRET}\n    registries:\n{}    namespaces:\n      include: [\"churn-*\"]\n",
+        registry_alias_yaml()
+    ));
+    let (cmd, _key) = regcred(&who);
+    let mut run = Running::start(
+        cmd,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--lease-namespace",
+            &who.namespace,
+        ],
+    );
+    run.wait_ready(Duration::from_mins(5)).await;
+    let churn = churn::measure(&admin, &run, SECRET, "churn-", n, 2, steady, |what| {
+        say(t0, what);
+    })
+    .await;
+    run.signal("TERM");
+    run.wait_exit(Duration::from_secs(10)).expect("run stopped");
+    let table = churn.render();
+    println!("{table}");
+    let out = stack().root.join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("churn.md"), &table).unwrap();
+    say(
+        t0,
+        &format!("written to {}", out.join("churn.md").display()),
+    );
 }
 
 /// 1 and 2 for regcred: every secret is due (written by a first sync with 1 h tokens, under

@@ -46,19 +46,29 @@ app.kubernetes.io/part-of: regcred
 {{- end }}
 {{- end }}
 
-{{/* The managed Secret names, sorted and distinct, as a JSON list (for resourceNames). */}}
+{{/* The managed Secret names, sorted and distinct, as a JSON list (for resourceNames):
+     the configured ones and the former ones, whose secrets regcred removes. */}}
 {{- define "regcred.secretNames" -}}
 {{- $names := list }}
 {{- range .Values.config.secrets }}
 {{- $names = append $names (default "regcred" .name) }}
+{{- range .formerNames }}
+{{- $names = append $names . }}
+{{- end }}
 {{- end }}
 {{- $names | uniq | sortAlpha | toJson }}
 {{- end }}
 
-{{/* "true" when some secret adds itself to ServiceAccounts: only then the chart grants
-     access to serviceaccounts. */}}
+{{/* The types of the secrets regcred writes, as a JSON list (for the admission policy). */}}
+{{- define "regcred.secretTypes" -}}
+{{- list "kubernetes.io/dockerconfigjson" | toJson }}
+{{- end }}
+
+{{/* "true" when the chart grants access to serviceaccounts: some secret adds itself to
+     ServiceAccounts, or rbac.serviceAccounts keeps the access so regcred can remove the
+     references it made after patching was turned off. */}}
 {{- define "regcred.patchesServiceAccounts" -}}
-{{- $patch := false }}
+{{- $patch := .Values.rbac.serviceAccounts }}
 {{- range .Values.config.secrets }}
 {{- if .serviceAccounts }}
 {{- $patch = true }}

@@ -5,6 +5,11 @@
 //! changed for its whole duration, as seen by this replica's own clock, is free to take.
 //! Clocks of different nodes are never compared.
 
+mod fence;
+
+pub use fence::{Election, Fence, Leadership, NotLeading, Permit};
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -15,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 
-use crate::secrets::API_TIMEOUT;
+use fence::Validity;
 
 /// Where the Lease lives: regcred's own namespace, and its name.
 #[derive(Args, Clone, Debug)]
@@ -43,6 +48,10 @@ pub struct LeaseArgs {
 pub struct Timing {
     /// How long a Lease stays held without renewal.
     pub duration: Duration,
+    /// How long the holder keeps leading without a successful renewal, counted from the start
+    /// of the last one that succeeded: two thirds of the duration, so it has stopped writing
+    /// well before any other replica may take the Lease.
+    pub renew_deadline: Duration,
     /// How often the holder renews and the others look.
     pub retry: Duration,
 }
@@ -52,6 +61,7 @@ impl Timing {
     pub fn new(duration: Duration) -> Self {
         Self {
             duration,
+            renew_deadline: duration * 2 / 3,
             retry: (duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2)),
         }
     }
@@ -108,70 +118,156 @@ pub fn decide(
     }
 }
 
-/// Runs the election until `shutdown` fires, publishing whether this replica leads (the
-/// first outcome always, later ones when they change). On shutdown the Lease is released,
-/// so another replica takes over at once.
-pub async fn run(
+/// How long one round of the election may take: until the Lease stops being surely ours
+/// while leading (so a hung call can never keep a leader writing past that), the renew
+/// deadline otherwise.
+fn round_budget(held_until: Option<Instant>, started: Instant, timing: Timing) -> Duration {
+    held_until.map_or(timing.renew_deadline, |until| {
+        until.saturating_duration_since(started)
+    })
+}
+
+/// Starts the election: its handle for the rest of the controller, and the task that runs it
+/// until `shutdown` fires. On shutdown this replica stops leading at once (no write starts
+/// after that) but does not release the Lease: see [`release`], for once nothing writes any
+/// more. The task returns whether it held the Lease when it stopped.
+#[must_use]
+pub fn start(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    me: String,
+    timing: Timing,
+    shutdown: watch::Receiver<bool>,
+) -> (Election, tokio::task::JoinHandle<bool>) {
+    let (tx, rx) = watch::channel(Leadership::Standby);
+    let validity = Arc::new(Validity::default());
+    let election = Election {
+        leadership: rx,
+        validity: validity.clone(),
+    };
+    let task = tokio::spawn(async move {
+        run(
+            client, &namespace, &name, &me, timing, &tx, &validity, shutdown,
+        )
+        .await
+    });
+    (election, task)
+}
+
+#[allow(clippy::too_many_arguments)] // One election's settings, passed once.
+async fn run(
     client: kube::Client,
     namespace: &str,
     name: &str,
     me: &str,
     timing: Timing,
-    leading: watch::Sender<bool>,
+    leading: &watch::Sender<Leadership>,
+    validity: &Validity,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let mut seen: Seen = None;
-    let mut last_renewal = Instant::now();
+    let mut terms = 0;
     let mut first = true;
     loop {
-        let outcome =
-            tokio::time::timeout(API_TIMEOUT, step(&api, name, me, timing, &mut seen)).await;
-        let now_leading = match outcome {
-            Ok(Ok(lead)) => {
-                if lead {
-                    last_renewal = Instant::now();
-                }
-                lead
+        let started = Instant::now();
+        let held = validity.get();
+        let budget = round_budget(held.map(|(_, until)| until), started, timing);
+        let round = tokio::time::timeout(budget, step(&api, name, me, timing, &mut seen));
+        let outcome = tokio::select! {
+            outcome = round => outcome,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let still_held = || held.is_some_and(|(_, until)| Instant::now() < until);
+        let now = match outcome {
+            Ok(Ok(true)) => {
+                let term = match held {
+                    Some((term, _)) if still_held() => term,
+                    _ => {
+                        terms += 1;
+                        terms
+                    }
+                };
+                // Measured from before the request: the others count from when they see it.
+                validity.set(Some((term, started + timing.renew_deadline)));
+                Leadership::Leading { term }
             }
+            Ok(Ok(false)) => Leadership::Standby,
             Ok(Err(e)) => {
                 tracing::warn!(lease = name, namespace, error = %crate::chain(&e), "leader election");
-                // Keep leading through brief API trouble, but never past the Lease's duration
-                // (less a margin), after which another replica may take it.
-                *leading.borrow() && last_renewal.elapsed() < timing.duration * 2 / 3
+                // Keep leading through brief API trouble, never past the renew deadline.
+                held.filter(|_| still_held())
+                    .map_or(Leadership::Standby, |(term, _)| Leadership::Leading {
+                        term,
+                    })
             }
-            Err(_) => *leading.borrow() && last_renewal.elapsed() < timing.duration * 2 / 3,
+            Err(_) => {
+                tracing::warn!(lease = name, namespace, after = ?budget, "leader election: no answer");
+                held.filter(|_| still_held())
+                    .map_or(Leadership::Standby, |(term, _)| Leadership::Leading {
+                        term,
+                    })
+            }
         };
-        if *leading.borrow() != now_leading {
+        if !now.is_leading() {
+            // No write of this replica starts after this.
+            validity.set(None);
+        }
+        if *leading.borrow() != now {
             tracing::info!(
                 lease = name,
                 namespace,
                 identity = me,
-                leading = now_leading,
+                leading = now.is_leading(),
+                term = now.term(),
                 "leadership changed"
             );
-            let _ = leading.send(now_leading);
+            leading.send_replace(now);
         } else if first {
-            // Announced even when it stays `false`: until the first answer nobody knows
-            // whether this replica is a standby (readiness waits for it).
-            let _ = leading.send(now_leading);
+            // Announced even when it stays standby: until the first answer nobody knows
+            // whether this replica is one (readiness waits for it).
+            leading.send_replace(now);
         }
         first = false;
+        // The next round starts in time to renew before the deadline (a round itself never
+        // outlasts it).
+        let next = match validity.get() {
+            Some((_, until)) => timing
+                .retry
+                .min(until.saturating_duration_since(Instant::now())),
+            None => timing.retry,
+        };
         tokio::select! {
-            () = tokio::time::sleep(timing.retry) => {}
+            () = tokio::time::sleep(next) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    if *leading.borrow() {
-        let _ = leading.send(false);
-        if let Err(e) = tokio::time::timeout(API_TIMEOUT, release(&api, name, me))
-            .await
-            .unwrap_or(Ok(()))
-        {
+    // Stop leading before anything else; the Lease is released once nothing writes.
+    let held = validity.get().is_some();
+    validity.set(None);
+    if leading.borrow().is_leading() {
+        leading.send_replace(Leadership::Standby);
+    }
+    held
+}
+
+/// Gives the Lease up (empties its holder) if this replica still holds it, so another takes
+/// over at once; bounded by `within`.
+pub async fn release(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    me: &str,
+    within: Duration,
+) {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    match tokio::time::timeout(within, give_up(&api, name, me)).await {
+        Ok(Ok(())) => tracing::info!(lease = name, "released the Lease"),
+        Ok(Err(e)) => {
             tracing::warn!(lease = name, error = %crate::chain(&e), "could not release the Lease");
-        } else {
-            tracing::info!(lease = name, "released the Lease");
         }
+        Err(_) => tracing::warn!(lease = name, "could not release the Lease in time"),
     }
 }
 
@@ -242,8 +338,8 @@ fn held_by(me: &str, acquired: Option<MicroTime>, timing: Timing, transitions: i
     }
 }
 
-/// Gives the Lease up (empties its holder) if we still hold it.
-async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
+/// Empties the Lease's holder if it is still this replica.
+async fn give_up(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
     let Some(mut lease) = api.get_opt(name).await? else {
         return Ok(());
     };
@@ -307,6 +403,23 @@ mod tests {
                 timing
             ),
             Decision::Take
+        );
+    }
+
+    #[test]
+    fn a_round_never_outlasts_the_lease_it_holds() {
+        let timing = Timing::new(Duration::from_secs(15));
+        assert_eq!(timing.renew_deadline, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(round_budget(None, t0, timing), Duration::from_secs(10));
+        assert_eq!(
+            round_budget(Some(t0 + Duration::from_secs(4)), t0, timing),
+            Duration::from_secs(4),
+            "leading: only until the Lease stops being surely ours"
+        );
+        assert_eq!(
+            round_budget(Some(t0), t0 + Duration::from_secs(1), timing),
+            Duration::ZERO
         );
     }
 

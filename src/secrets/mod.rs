@@ -1,13 +1,16 @@
 //! The pull Secret: what it should hold (pure data), how a stored one compares, and the one
 //! thin writer that puts it in place by server-side apply.
 
+mod writer;
+
+pub use writer::{Error, Writer};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::ObjectMeta;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
@@ -85,6 +88,33 @@ pub fn kept_entries(stored: &Secret, served: &BTreeSet<&str>) -> BTreeMap<String
             !served.contains(host.as_str()) && !previously_ours.contains(host.as_str())
         })
         .collect()
+}
+
+/// What is left of a managed secret when regcred lets go of it (its namespace is no longer
+/// selected, its name no longer configured, or `cleanup`): the entries it holds for other
+/// registries — an adopted secret's, which adoption promised to keep — as someone else's
+/// secret again, without regcred's label and annotations. `None` when nothing would be left:
+/// then the secret goes.
+#[must_use]
+pub fn given_back(stored: &Secret) -> Option<Secret> {
+    let kept = kept_entries(stored, &BTreeSet::new());
+    if kept.is_empty() || !is_managed(stored) || !has_pull_secret_type(stored) {
+        return None;
+    }
+    let auths: BTreeMap<String, Entry> =
+        kept.into_iter().map(|(h, v)| (h, Entry::Kept(v))).collect();
+    let mut back = stored.clone();
+    if let Some(labels) = back.metadata.labels.as_mut() {
+        labels.remove(MANAGED_BY_LABEL);
+    }
+    if let Some(annotations) = back.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| !k.starts_with("regcred.io/"));
+    }
+    back.data.get_or_insert_with(BTreeMap::new).insert(
+        DATA_KEY.to_owned(),
+        ByteString(dockerconfig::render(&auths)),
+    );
+    Some(back)
 }
 
 /// The secret regcred wants in a namespace: served registries with their tokens, plus the
@@ -202,115 +232,6 @@ fn entry_is_complete(entry: &Value) -> bool {
     }
 }
 
-/// Why a write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("apply secret {namespace}/{name}")]
-    Apply {
-        namespace: String,
-        name: String,
-        source: kube::Error,
-    },
-    #[error("delete secret {namespace}/{name}")]
-    Delete {
-        namespace: String,
-        name: String,
-        source: kube::Error,
-    },
-    #[error("{operation} secret {namespace}/{name}: no answer within {API_TIMEOUT:?}")]
-    Timeout {
-        operation: &'static str,
-        namespace: String,
-        name: String,
-    },
-}
-
-impl Error {
-    /// Someone changed the secret since it was read: read again and decide again.
-    #[must_use]
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Apply { source: kube::Error::Api(s), .. } | Self::Delete { source: kube::Error::Api(s), .. } if s.code == 409)
-    }
-}
-
-/// Writes secrets. Every call is bounded by [`API_TIMEOUT`].
-#[derive(Clone)]
-pub struct Writer {
-    client: kube::Client,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Writer")
-    }
-}
-
-impl Writer {
-    #[must_use]
-    pub fn new(client: kube::Client) -> Self {
-        Self { client }
-    }
-
-    /// Server-side applies `desired`. Over a stored secret (`over` is its resourceVersion)
-    /// regcred forces its fields, but only if nobody changed the secret since it was read;
-    /// where none was stored it does not force, so a secret someone else created meanwhile
-    /// is a conflict, never silently taken over.
-    pub async fn apply(&self, desired: &Secret, over: Option<&str>) -> Result<(), Error> {
-        let namespace = desired.metadata.namespace.clone().unwrap_or_default();
-        let name = desired.metadata.name.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let mut body = desired.clone();
-        body.metadata.resource_version = over.map(str::to_owned);
-        let mut params = PatchParams::apply(FIELD_MANAGER);
-        params.force = over.is_some();
-        let patch = Patch::Apply(&body);
-        match tokio::time::timeout(API_TIMEOUT, api.patch(&name, &params, &patch)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => Err(Error::Apply {
-                namespace,
-                name,
-                source,
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: "apply",
-                namespace,
-                name,
-            }),
-        }
-    }
-
-    /// Deletes a secret, only if it is still the version that was read.
-    pub async fn delete(
-        &self,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
-    ) -> Result<(), Error> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: resource_version.map(str::to_owned),
-                uid: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match tokio::time::timeout(API_TIMEOUT, api.delete(name, &params)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(kube::Error::Api(s))) if s.is_not_found() => Ok(()),
-            Ok(Err(source)) => Err(Error::Delete {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                source,
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: "delete",
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +319,63 @@ mod tests {
             ["ghcr.io"]
         );
         assert!(kept_entries(&stored(true, None, "{garbage"), &ours).is_empty());
+    }
+
+    #[test]
+    fn letting_go_gives_back_what_others_held_and_nothing_of_regcreds() {
+        let json = format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"eDp5"}},"{A}":{{"password":"p","auth":"QVdTOnA="}}}}}}"#
+        );
+        let mut adopted = stored(true, Some(A), &json);
+        adopted
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "theirs".into());
+        adopted.metadata.annotations.as_mut().unwrap().extend([
+            (
+                EXPIRES_AT_ANNOTATION.to_owned(),
+                "2026-11-29T12:00:00Z".to_owned(),
+            ),
+            ("note".to_owned(), "theirs".to_owned()),
+        ]);
+        let back = given_back(&adopted).expect("something to give back");
+        assert!(!is_managed(&back));
+        assert_eq!(
+            back.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("team")
+                .map(String::as_str),
+            Some("theirs")
+        );
+        assert_eq!(
+            back.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["note"]
+        );
+        let doc: Value = serde_json::from_slice(payload(&back).unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"auths": {"ghcr.io": {"auth": "eDp5"}}})
+        );
+        // Only regcred's own entries: nothing to give back, the secret goes.
+        let ours = stored(
+            true,
+            Some(A),
+            &format!(r#"{{"auths":{{"{A}":{{"auth":"x"}}}}}}"#),
+        );
+        assert!(given_back(&ours).is_none());
+        assert!(
+            given_back(&stored(false, None, &json)).is_none(),
+            "not regcred's to give"
+        );
     }
 
     #[test]
