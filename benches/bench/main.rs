@@ -20,6 +20,7 @@ mod churn;
 mod common;
 mod report;
 mod tools;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,6 +131,7 @@ impl Bench {
 }
 
 #[tokio::main]
+#[allow(clippy::too_many_lines)] // The measurements in order.
 async fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this file too, without it.
     if !std::env::args().any(|a| a == "--bench") {
@@ -138,9 +140,17 @@ async fn main() {
     }
     let t0 = Instant::now();
     let churn_n = usize::try_from(setting("CHURN", 10_000)).unwrap();
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
-        churn_alone(t0, churn_n).await;
-        return;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("churn") => return churn_alone(t0, churn_n).await,
+        Ok("writes") => {
+            let w = writes::measure(usize::try_from(setting("WRITES", 1000)).unwrap(), |what| {
+                say(t0, what);
+            })
+            .await;
+            println!("{}", w.render());
+            return;
+        }
+        _ => {}
     }
     let n = usize::try_from(setting("NAMESPACES", 1000)).unwrap();
     let sample = usize::try_from(setting("BASELINE_SAMPLE", 200))
