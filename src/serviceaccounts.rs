@@ -192,6 +192,7 @@ pub async fn update(
             ..PatchParams::default()
         };
         let patch = Patch::Merge(&patch);
+        permit.write_turn().await;
         match tokio::time::timeout(within()?, api.patch(&name, &params, &patch))
             .await
             .map_err(|_| timeout())?

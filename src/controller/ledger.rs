@@ -21,6 +21,8 @@ pub(super) struct Ledger {
     leading: bool,
     namespaces: HashMap<String, Entry>,
     selected: usize,
+    /// Entries with `reconciled`.
+    reconciled: usize,
 }
 
 impl Ledger {
@@ -46,6 +48,7 @@ impl Ledger {
     fn clear(&mut self) {
         self.namespaces = HashMap::new();
         self.selected = 0;
+        self.reconciled = 0;
     }
 
     /// Whether results of work done in `term` still count (a later term's may start it).
@@ -76,7 +79,10 @@ impl Ledger {
                 self.selected -= 1;
             }
         }
-        entry.reconciled |= reconciled;
+        if reconciled && !entry.reconciled {
+            entry.reconciled = true;
+            self.reconciled += 1;
+        }
         if succeeded {
             entry.failures = 0;
         }
@@ -99,10 +105,9 @@ impl Ledger {
 
     /// Forgets a namespace that no longer exists.
     pub(super) fn forget(&mut self, namespace: &str) {
-        if let Some(entry) = self.namespaces.remove(namespace)
-            && entry.selected
-        {
-            self.selected -= 1;
+        if let Some(entry) = self.namespaces.remove(namespace) {
+            self.selected -= usize::from(entry.selected);
+            self.reconciled -= usize::from(entry.reconciled);
         }
         self.shrink();
     }
@@ -113,6 +118,7 @@ impl Ledger {
         self.namespaces.retain(|name, _| exists(name));
         if self.namespaces.len() != before {
             self.selected = self.namespaces.values().filter(|e| e.selected).count();
+            self.reconciled = self.namespaces.values().filter(|e| e.reconciled).count();
         }
         self.shrink();
     }
@@ -125,6 +131,11 @@ impl Ledger {
         }
     }
 
+    /// Namespaces reconciled with every token at hand in this term.
+    pub(super) fn reconciled(&self) -> usize {
+        self.reconciled
+    }
+
     /// Namespaces with bookkeeping.
     pub(super) fn tracked(&self) -> usize {
         self.namespaces.len()
@@ -133,11 +144,6 @@ impl Ledger {
     /// Namespaces served, while leading.
     pub(super) fn selected(&self) -> Option<usize> {
         self.leading.then_some(self.selected)
-    }
-
-    /// Both gauges' values.
-    pub(super) fn tracked_and_selected(&self) -> (usize, Option<usize>) {
-        (self.tracked(), self.selected())
     }
 }
 
@@ -176,10 +182,11 @@ mod tests {
         }
         assert_eq!(l.failed("b"), 1);
         assert_eq!(l.failed("b"), 2);
+        assert_eq!(l.reconciled(), 3);
         l.forget("a");
-        assert_eq!((l.tracked(), l.selected()), (2, Some(1)));
+        assert_eq!((l.tracked(), l.selected(), l.reconciled()), (2, Some(1), 2));
         l.retain(|ns| ns == "c");
-        assert_eq!((l.tracked(), l.selected()), (1, Some(0)));
+        assert_eq!((l.tracked(), l.selected(), l.reconciled()), (1, Some(0), 1));
         assert_eq!(l.failed("b"), 1, "a namespace made again starts afresh");
     }
 }

@@ -16,7 +16,7 @@ use crate::config::{Config, SecretConfig, ServiceAccounts};
 use crate::events::Events;
 use crate::lease::Permit;
 use crate::metrics::{Metrics, WriteResult};
-use crate::secrets::{self, Writer};
+use crate::secrets::{self, Stored, Writer};
 use crate::serviceaccounts::{self, Want};
 
 /// The outcome for one secret slot of a namespace.
@@ -135,7 +135,7 @@ enum Leaving {
 pub async fn namespace(
     ctx: &Context<'_>,
     ns: &Namespace,
-    stored: &BTreeMap<String, Secret>,
+    stored: &BTreeMap<String, Stored>,
     service_accounts: Option<&[ServiceAccount]>,
     unknown: &BTreeSet<String>,
 ) -> Report {
@@ -164,19 +164,18 @@ pub async fn namespace(
                     .collect::<Vec<_>>()
                     .join("] and secrets[")
             )),
-            Assignment::Remove => match stored.get(&secret_name).filter(|s| secrets::is_managed(s))
-            {
+            Assignment::Remove => match stored.get(&secret_name).filter(|s| s.is_managed()) {
                 None => {
                     links.insert(secret_name.clone(), Link::DropOurs);
                     Outcome::Absent
                 }
                 Some(s) => {
-                    let (link, going) = match secrets::given_back(s) {
+                    let (link, going) = match s.given_back() {
                         Some(back) => (Link::DropOurs, Leaving::GiveBack(Box::new(back))),
                         None => (
                             Link::DropAll,
                             Leaving::Delete {
-                                resource_version: s.metadata.resource_version.clone(),
+                                resource_version: s.resource_version(),
                             },
                         ),
                     };
@@ -237,7 +236,7 @@ async fn serve(
     ctx: &Context<'_>,
     namespace: &str,
     spec: &SecretConfig,
-    mut stored: Option<Secret>,
+    mut stored: Option<Stored>,
     report: &mut Report,
 ) -> Outcome {
     for _ in 0..CONFLICT_ATTEMPTS {
@@ -260,7 +259,7 @@ async fn serve(
                 };
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
                 stored = match tokio::time::timeout(within, api.get_opt(spec.name.as_str())).await {
-                    Ok(Ok(fresh)) => fresh,
+                    Ok(Ok(fresh)) => fresh.map(Stored::of),
                     Ok(Err(e)) => {
                         return Outcome::Failed(format!(
                             "read secret {namespace}/{}: {e}",
@@ -290,13 +289,13 @@ async fn execute(
     namespace: &str,
     spec: &SecretConfig,
     step: Step,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     report: &mut Report,
 ) -> Result<Outcome, secrets::Error> {
     let name = spec.name.as_str();
     let (secret, outcome) = match step {
         Step::Unchanged => {
-            report.expiries.extend(stored.and_then(secrets::expires_at));
+            report.expiries.extend(stored.and_then(Stored::expires_at));
             return Ok(Outcome::Unchanged);
         }
         Step::Foreign => return Ok(Outcome::Foreign),
@@ -485,7 +484,7 @@ async fn record(
     ctx: &Context<'_>,
     ns: &Namespace,
     secret_name: &str,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     outcome: &Outcome,
 ) {
     let namespace = ns.metadata.name.as_deref().unwrap_or_default();
@@ -512,13 +511,15 @@ async fn record(
                 "secret exists and is not managed by regcred; leaving it alone (set adopt: true to take it over)"
             );
             if let Some(events) = ctx.events.filter(|_| !ctx.dry_run) {
-                events.foreign_secret(ns, stored, secret_name).await;
+                let regarding = stored.map(|s| s.reference(namespace, secret_name));
+                events.foreign_secret(ns, regarding, secret_name).await;
             }
         }
         Outcome::Failed(why) => {
             tracing::warn!(namespace, secret = secret_name, error = %why, "could not bring the secret in line");
             if let Some(events) = ctx.events.filter(|_| !ctx.dry_run) {
-                events.failed(ns, stored, secret_name, why).await;
+                let regarding = stored.map(|s| s.reference(namespace, secret_name));
+                events.failed(ns, regarding, secret_name, why).await;
             }
         }
         Outcome::Created | Outcome::Updated | Outcome::Removed | Outcome::GivenBack => {

@@ -10,7 +10,7 @@ use crate::config::{Config, SecretConfig};
 use crate::ecr::Token;
 use crate::namespaces::Verdict;
 use crate::registry::TokenSource;
-use crate::secrets::{self, Served};
+use crate::secrets::{self, Served, Stored};
 
 /// Which configuration entry, if any, serves a secret name in a namespace.
 #[derive(Debug)]
@@ -96,28 +96,26 @@ pub enum Step {
 pub fn plan(
     spec: &SecretConfig,
     namespace: &str,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     tokens: &TokenView,
     now: Timestamp,
     before: jiff::SignedDuration,
     freshness: Freshness,
 ) -> Step {
     let hosts: BTreeSet<&str> = spec.registries.iter().map(|r| r.registry.host()).collect();
-    let resource_version = stored.and_then(|s| s.metadata.resource_version.clone());
+    let resource_version = stored.and_then(Stored::resource_version);
     if let Some(s) = stored {
-        let managed = secrets::is_managed(s);
+        let managed = s.is_managed();
         if !managed && !spec.adopt {
             return Step::Foreign;
         }
-        if !managed && !secrets::has_pull_secret_type(s) {
+        if !managed && !s.has_pull_secret_type() {
             return Step::CannotAdopt(format!(
                 "it has type {:?}, which cannot be changed in place; delete it and regcred will create its own",
-                s.type_.as_deref().unwrap_or_default()
+                s.type_().unwrap_or_default()
             ));
         }
-        if freshness == Freshness::SoundAndFresh
-            && secrets::is_sound_and_fresh(s, &hosts, now, before)
-        {
+        if freshness == Freshness::SoundAndFresh && s.is_sound_and_fresh(&hosts, now, before) {
             return Step::Unchanged;
         }
     }
@@ -139,9 +137,7 @@ pub fn plan(
     if !missing.is_empty() {
         return Step::NeedsTokens(missing);
     }
-    let kept = stored
-        .map(|s| secrets::kept_entries(s, &hosts))
-        .unwrap_or_default();
+    let kept = stored.map(|s| s.kept_entries(&hosts)).unwrap_or_default();
     let desired = Box::new(secrets::desired(
         spec.name.as_str(),
         namespace,
@@ -149,11 +145,11 @@ pub fn plan(
         kept,
     ));
     match stored {
-        Some(s) if secrets::is_managed(s) && !secrets::has_pull_secret_type(s) => Step::Replace {
+        Some(s) if s.is_managed() && !s.has_pull_secret_type() => Step::Replace {
             secret: desired,
             resource_version,
         },
-        Some(s) if secrets::is_current(s, &desired) => Step::Unchanged,
+        Some(s) if s.is_current(&desired) => Step::Unchanged,
         _ => Step::Apply {
             secret: desired,
             over: resource_version,
@@ -246,7 +242,7 @@ mod tests {
         assert!(
             matches!(plan(spec, "a", None, &none, now, six, Freshness::SoundAndFresh), Step::NeedsTokens(s) if s.len() == 1)
         );
-        let fresh = written(plan(
+        let fresh = Stored::of(written(plan(
             spec,
             "a",
             None,
@@ -254,7 +250,7 @@ mod tests {
             now,
             six,
             Freshness::SoundAndFresh,
-        ));
+        )));
         assert!(matches!(
             plan(
                 spec,
@@ -328,7 +324,7 @@ mod tests {
             plan(
                 &c.secrets[0],
                 "a",
-                Some(&foreign),
+                Some(&Stored::of(foreign.clone())),
                 &tokens,
                 now,
                 six,
@@ -340,7 +336,7 @@ mod tests {
         match plan(
             &adopt.secrets[0],
             "a",
-            Some(&foreign),
+            Some(&Stored::of(foreign.clone())),
             &tokens,
             now,
             six,
@@ -364,7 +360,7 @@ mod tests {
             plan(
                 &adopt.secrets[0],
                 "a",
-                Some(&opaque),
+                Some(&Stored::of(opaque)),
                 &tokens,
                 now,
                 six,
@@ -393,7 +389,7 @@ mod tests {
             plan(
                 &c.secrets[0],
                 "a",
-                Some(&broken),
+                Some(&Stored::of(broken)),
                 &tokens,
                 now,
                 SignedDuration::from_hours(6),

@@ -1,8 +1,10 @@
 //! The pull Secret: what it should hold (pure data), how a stored one compares, and the one
 //! thin writer that puts it in place by server-side apply.
 
+mod stored;
 mod writer;
 
+pub use stored::{Digest, Stored};
 pub use writer::{Error, Writer};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +50,9 @@ pub fn is_managed(secret: &Secret) -> bool {
         .is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
-fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+/// The value of one of the secret's annotations.
+#[must_use]
+pub fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
     secret
         .metadata
         .annotations
