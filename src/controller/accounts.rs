@@ -147,7 +147,8 @@ impl Tended {
 
     /// The ServiceAccounts of `namespace` a reconciliation looks at: `None` when they
     /// cannot be known (a watch without its first list); every one of them when `deleting`
-    /// (a managed secret goes, and every reference to it with it).
+    /// (a managed secret goes, and every reference to it with it). With them, the strays
+    /// among them, for [`Tended::mended`].
     pub(super) async fn in_namespace(
         &self,
         client: &kube::Client,
@@ -155,19 +156,24 @@ impl Tended {
         stop: &tokio::sync::watch::Receiver<bool>,
         namespace: &str,
         deleting: bool,
-    ) -> Result<Option<Vec<ServiceAccount>>, String> {
+    ) -> Result<(Option<Vec<ServiceAccount>>, Vec<String>), String> {
         for w in &self.watches {
             if !until_usable(watches, w.id, stop).await {
-                return Ok(None);
+                return Ok((None, Vec::new()));
             }
         }
+        let strays: Vec<String> = self
+            .strays()
+            .get(namespace)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         let api = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
         if deleting && self.scope != Scope::All {
             let listed = tokio::time::timeout(API_TIMEOUT, api.list(&ListParams::default()))
                 .await
                 .map_err(|_| format!("list serviceaccounts in {namespace}: timed out"))?
                 .map_err(|e| format!("list serviceaccounts in {namespace}: {e}"))?;
-            return Ok(Some(listed.items));
+            return Ok((Some(listed.items), strays));
         }
         let mut found: Vec<ServiceAccount> = self
             .watches
@@ -181,27 +187,31 @@ impl Tended {
             })
             .flatten()
             .collect();
-        let strays: Vec<String> = self
-            .strays()
-            .get(namespace)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for name in strays {
-            match tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await {
+        for name in &strays {
+            match tokio::time::timeout(API_TIMEOUT, api.get_opt(name)).await {
                 Ok(Ok(Some(sa))) => found.push(sa),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => return Err(format!("read serviceaccount {namespace}/{name}: {e}")),
                 Err(_) => return Err(format!("read serviceaccount {namespace}/{name}: timed out")),
             }
         }
-        Ok(Some(found))
+        Ok((Some(found), strays))
     }
 
-    /// The strays of `namespace` were mended (or are gone).
-    pub(super) fn mended(&self, namespace: &str) {
+    /// These strays of `namespace` were mended (or are gone). Others found meanwhile (a
+    /// term's list that ended during the reconciliation) stay for the next one.
+    pub(super) fn mended(&self, namespace: &str, names: &[String]) {
         let mut strays = self.strays();
-        if strays.remove(namespace).is_some() && strays.is_empty() {
-            strays.shrink_to_fit();
+        if let Some(left) = strays.get_mut(namespace) {
+            for name in names {
+                left.remove(name);
+            }
+            if left.is_empty() {
+                strays.remove(namespace);
+                if strays.is_empty() {
+                    strays.shrink_to_fit();
+                }
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use rand::Rng as _;
 use tokio::sync::watch;
 
@@ -84,7 +85,12 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
         // Deleted meanwhile: nothing to do, nothing to remember.
         return Ok(Then::Wait);
     };
-    let (stored, unknown, service_accounts) = gather(name, &ns, ctx).await?;
+    let Gathered {
+        stored,
+        unknown,
+        service_accounts,
+        strays,
+    } = gather(name, &ns, ctx).await?;
     if *ctx.stop.borrow() {
         return Ok(Then::Wait);
     }
@@ -140,7 +146,7 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
         && service_accounts.is_some()
         && let Some(tended) = &ctx.service_accounts
     {
-        tended.mended(name);
+        tended.mended(name, &strays);
     }
     // A pass made before every token was at hand left fresh secrets alone for want of a
     // token; only one made with them counts as the first, so the pass their arrival
@@ -170,20 +176,19 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
     }
 }
 
-/// What the caches hold of a namespace: regcred's secrets by name, the names whose cache
-/// cannot be used (left alone), and its ServiceAccounts (`None`: not known, left alone).
-async fn gather(
-    name: &str,
-    ns: &k8s_openapi::api::core::v1::Namespace,
-    ctx: &Ctx,
-) -> Result<
-    (
-        BTreeMap<String, Stored>,
-        BTreeSet<String>,
-        Option<Vec<k8s_openapi::api::core::v1::ServiceAccount>>,
-    ),
-    Failed,
-> {
+/// What the caches hold of a namespace.
+struct Gathered {
+    /// regcred's secrets, by name.
+    stored: BTreeMap<String, Stored>,
+    /// Secret names whose cache cannot be used (left alone).
+    unknown: BTreeSet<String>,
+    /// `None`: not known, references left alone.
+    service_accounts: Option<Vec<ServiceAccount>>,
+    /// The strays among them.
+    strays: Vec<String>,
+}
+
+async fn gather(name: &str, ns: &Namespace, ctx: &Ctx) -> Result<Gathered, Failed> {
     // Caches whose watch fails before its first list are not waited for: what depends on
     // them is left out (and reported by the watch), the rest is served.
     let mut unknown = BTreeSet::new();
@@ -197,7 +202,7 @@ async fn gather(
             stored.insert(secret.clone(), found);
         }
     }
-    let service_accounts = match &ctx.service_accounts {
+    let (service_accounts, strays) = match &ctx.service_accounts {
         Some(tended) => {
             // A managed secret about to go takes every reference to it along, whoever
             // made it: then every ServiceAccount of the namespace is read.
@@ -212,9 +217,14 @@ async fn gather(
                 .await
                 .map_err(Failed)?
         }
-        None => None,
+        None => (None, Vec::new()),
     };
-    Ok((stored, unknown, service_accounts))
+    Ok(Gathered {
+        stored,
+        unknown,
+        service_accounts,
+        strays,
+    })
 }
 
 /// The earliest expiry among the tokens at hand: its renewal brings a full reconciliation

@@ -2,6 +2,7 @@
 //! namespace per test, and ServiceAccount identities with exactly the RBAC a test gives.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+pub mod audit;
 pub mod helm;
 pub mod image;
 pub mod pods;
