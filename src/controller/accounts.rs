@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams};
 
-use super::cache::{Accounts, account_applied, account_deleted};
+use super::cache::{Accounts, account_applied, account_deleted, account_patched};
 use super::watches::{Keep, WatchId, Watched as What, Watches, reflected, until_usable};
 use crate::config::{Config, ServiceAccounts};
 use crate::secrets::API_TIMEOUT;
@@ -58,6 +58,8 @@ impl Scope {
 /// One ServiceAccount watch and its cache.
 #[derive(Debug)]
 struct Watch {
+    /// The name it watches (`None`: every one).
+    name: Option<String>,
     cache: Arc<Accounts>,
     id: WatchId,
 }
@@ -112,21 +114,21 @@ pub(super) fn watch(
     for name in selectors {
         let cache = Arc::new(Accounts::default());
         let id = watches.register(What::ServiceAccounts(name.clone()));
-        let config = match &name {
+        let selected = match &name {
             Some(n) => {
                 kube::runtime::watcher::Config::default().fields(&format!("metadata.name={n}"))
             }
             None => kube::runtime::watcher::Config::default(),
         };
         let changes = reflected(
-            super::watches::watch(Api::<ServiceAccount>::all(client.clone()), config),
+            super::watches::watch(Api::<ServiceAccount>::all(client.clone()), selected),
             KeepAccounts(cache.clone()),
-            relisted.clone(),
+            (relisted.clone(), false),
             watches.clone(),
             id,
         );
         streams.push(changes.map(super::watches::Change::into_inner).boxed());
-        tended.push(Watch { cache, id });
+        tended.push(Watch { name, cache, id });
     }
     (
         streams,
@@ -196,6 +198,17 @@ impl Tended {
             }
         }
         Ok((Some(found), strays))
+    }
+
+    /// Takes in a ServiceAccount as regcred's own patch left it (see
+    /// [`super::cache::account_patched`]).
+    pub(super) fn patched(&self, sa: &ServiceAccount, over: Option<&str>) {
+        let name = sa.metadata.name.as_deref();
+        for w in &self.watches {
+            if w.name.is_none() || w.name.as_deref() == name {
+                account_patched(&w.cache, sa, over);
+            }
+        }
     }
 
     /// These strays of `namespace` were mended (or are gone). Others found meanwhile (a

@@ -105,6 +105,20 @@ impl<V> Cache<V> {
         }
     }
 
+    /// Sets the entry of `key` as `f` decides from what is there now (`None`: nothing);
+    /// `f` returns the new entry, or `None` to leave it as it is.
+    pub(crate) fn update_with(&self, key: &str, f: impl FnOnce(Option<&V>) -> Option<V>) {
+        let mut inner = self.write();
+        let epoch = inner.epoch;
+        let (shared, new) = match inner.map.get_key_value(key) {
+            Some((k, (v, _))) => (k.clone(), f(Some(v))),
+            None => (Arc::from(key), f(None)),
+        };
+        if let Some(value) = new {
+            inner.map.insert(shared, (value, epoch));
+        }
+    }
+
     /// Changes or removes the entry of `key`: `f` returns whether it stays.
     pub(crate) fn remove_with(&self, key: &str, f: impl FnOnce(&mut V) -> bool) {
         let mut inner = self.write();
@@ -221,6 +235,26 @@ pub(crate) fn secret_applied(cache: &Secrets, secret: Secret) {
     }
 }
 
+/// Takes in a secret as regcred's own write left it (`over`: the version it was written
+/// over, `None` for a create), if the cache still holds that version (or, for a create,
+/// nothing): anything else is newer, or the watch's to bring.
+pub(crate) fn secret_written(cache: &Secrets, secret: &Secret, over: Option<&str>) {
+    let Some(ns) = secret.metadata.namespace.as_deref() else {
+        return;
+    };
+    cache.update_with(ns, |current| {
+        let held = current.and_then(Stored::resource_version);
+        (held.as_deref() == over).then(|| Stored::of(secret.clone()))
+    });
+}
+
+/// Forgets a secret regcred deleted at `resource_version`, if the cache still holds it.
+pub(crate) fn secret_deleted(cache: &Secrets, namespace: &str, resource_version: Option<&str>) {
+    cache.remove_with(namespace, |held| {
+        held.resource_version().as_deref() != resource_version
+    });
+}
+
 /// A ServiceAccount, as far as its references go: the names in its `imagePullSecrets` and
 /// regcred's record of those it added.
 #[derive(Debug, Clone)]
@@ -296,6 +330,20 @@ pub(crate) fn account_applied(cache: &Accounts, sa: &ServiceAccount) {
             all.shrink_to_fit();
         }
         all
+    });
+}
+
+/// Takes in a ServiceAccount as regcred's own patch left it, if the cache still holds the
+/// version the patch was made over (anything else is newer, or the watch's to bring).
+pub(crate) fn account_patched(cache: &Accounts, sa: &ServiceAccount, over: Option<&str>) {
+    let (Some(ns), Some(account)) = (sa.metadata.namespace.as_deref(), Account::of(sa)) else {
+        return;
+    };
+    cache.update_with(ns, |current| {
+        let mut all = current?.clone();
+        let slot = all.iter_mut().find(|a| a.name == account.name)?;
+        (slot.resource_version.as_deref() == over).then(|| *slot = account)?;
+        Some(all)
     });
 }
 
@@ -443,5 +491,58 @@ mod tests {
                 .collect::<Vec<_>>()),
             Some(vec!["y".to_owned()])
         );
+    }
+
+    fn secret(ns: &str, rv: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("regcred".into()),
+                namespace: Some(ns.into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn regcreds_own_writes_are_taken_in_only_over_what_they_replaced() {
+        let cache = Secrets::default();
+        let rv = |c: &Secrets| c.get("a", Stored::resource_version).flatten();
+        secret_written(&cache, &secret("a", "5"), None);
+        assert_eq!(rv(&cache).as_deref(), Some("5"), "a create over nothing");
+        secret_written(&cache, &secret("a", "7"), Some("5"));
+        assert_eq!(rv(&cache).as_deref(), Some("7"));
+        // The watch brought a newer version first: regcred's older answer does not undo it.
+        secret_applied(&cache, secret("a", "9"));
+        secret_written(&cache, &secret("a", "8"), Some("7"));
+        assert_eq!(rv(&cache).as_deref(), Some("9"));
+        secret_written(&cache, &secret("a", "10"), None);
+        assert_eq!(
+            rv(&cache).as_deref(),
+            Some("9"),
+            "a create over something is not taken in"
+        );
+        secret_deleted(&cache, "a", Some("7"));
+        assert!(
+            cache.contains("a"),
+            "deleted at another version: the watch decides"
+        );
+        secret_deleted(&cache, "a", Some("9"));
+        assert!(!cache.contains("a"));
+
+        let accounts = Accounts::default();
+        account_applied(&accounts, &sa("a", "default", &[], None));
+        let mut patched = sa("a", "default", &["regcred"], Some("regcred"));
+        patched.metadata.resource_version = Some("8".into());
+        account_patched(&accounts, &patched, Some("6"));
+        let refs = |c: &Accounts| {
+            c.get("a", |all| all[0].service_account("a").image_pull_secrets)
+                .flatten()
+                .unwrap_or_default()
+        };
+        assert!(refs(&accounts).is_empty(), "patched over another version");
+        account_patched(&accounts, &patched, Some("7"));
+        assert_eq!(refs(&accounts).len(), 1);
     }
 }

@@ -1,17 +1,23 @@
 //! The controller's per-namespace bookkeeping, for the current leadership term: which
-//! namespaces were reconciled with every token at hand, how often each failed in a row
-//! (backoff), which are selected. A new term starts from nothing, a standby keeps nothing,
-//! and a deleted namespace is forgotten: it never grows past the namespaces that exist.
+//! namespaces were reconciled with every token at hand (and the secrets that pass found),
+//! how often each failed in a row (backoff), which are selected. A new term starts from
+//! nothing, a standby keeps nothing, and a deleted namespace is forgotten: it never grows
+//! past the namespaces that exist.
 
 use std::collections::HashMap;
 
 use crate::lease::Leadership;
+use crate::reconcile::Freshness;
 
 #[derive(Debug, Default)]
 struct Entry {
     reconciled: bool,
     failures: u32,
     selected: bool,
+    /// The secrets (names and resourceVersions) the first reconciliation with every token
+    /// found, as a fingerprint: while they are unchanged, they are judged as that pass
+    /// judged them.
+    found: u64,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +70,7 @@ impl Ledger {
         term: u64,
         namespace: &str,
         selected: bool,
-        reconciled: bool,
+        (reconciled, found): (bool, u64),
         succeeded: bool,
     ) -> bool {
         if !self.current(term) {
@@ -81,6 +87,7 @@ impl Ledger {
         }
         if reconciled && !entry.reconciled {
             entry.reconciled = true;
+            entry.found = found;
             self.reconciled += 1;
         }
         if succeeded {
@@ -101,6 +108,18 @@ impl Ledger {
 
     pub(super) fn is_reconciled(&self, namespace: &str) -> bool {
         self.namespaces.get(namespace).is_some_and(|e| e.reconciled)
+    }
+
+    /// How strictly to judge a namespace's secrets, `found` being their fingerprint now:
+    /// leniently (sound and fresh is enough) until this term's first reconciliation with
+    /// every token, and afterwards as long as they are the ones it found (a restart or
+    /// failover, however many passes follow, does not rewrite another holder's good work);
+    /// exactly once any of them changed (an edit is repaired).
+    pub(super) fn freshness(&self, namespace: &str, found: u64) -> Freshness {
+        match self.namespaces.get(namespace) {
+            Some(e) if e.reconciled && e.found != found => Freshness::Exact,
+            _ => Freshness::SoundAndFresh,
+        }
     }
 
     /// Forgets a namespace that no longer exists.
@@ -155,22 +174,25 @@ mod tests {
     fn a_term_starts_from_nothing_and_a_standby_keeps_nothing() {
         let mut l = Ledger::default();
         assert_eq!(l.selected(), None);
-        assert!(l.note(1, "a", true, true, true), "work of a first term");
-        assert!(l.note(1, "b", false, true, true));
+        assert!(
+            l.note(1, "a", true, (true, 7), true),
+            "work of a first term"
+        );
+        assert!(l.note(1, "b", false, (true, 7), true));
         assert_eq!((l.tracked(), l.selected()), (2, Some(1)));
         assert!(l.is_reconciled("a"));
         assert!(l.follow(Leadership::Standby));
         assert_eq!((l.tracked(), l.selected()), (0, None));
         assert!(
-            !l.note(1, "a", true, true, true),
+            !l.note(1, "a", true, (true, 7), true),
             "late work of a past term"
         );
         assert_eq!(l.tracked(), 0);
         assert!(l.follow(Leadership::Leading { term: 2 }));
         assert!(!l.is_reconciled("a"));
         assert!(!l.follow(Leadership::Leading { term: 2 }), "the same term");
-        assert!(!l.note(1, "a", true, true, true));
-        assert!(l.note(2, "a", true, false, true));
+        assert!(!l.note(1, "a", true, (true, 7), true));
+        assert!(l.note(2, "a", true, (false, 7), true));
         assert_eq!(l.selected(), Some(1));
     }
 
@@ -178,7 +200,7 @@ mod tests {
     fn deleted_namespaces_are_forgotten() {
         let mut l = Ledger::default();
         for ns in ["a", "b", "c"] {
-            l.note(1, ns, ns != "c", true, true);
+            l.note(1, ns, ns != "c", (true, 7), true);
         }
         assert_eq!(l.failed("b"), 1);
         assert_eq!(l.failed("b"), 2);
@@ -188,5 +210,34 @@ mod tests {
         l.retain(|ns| ns == "c");
         assert_eq!((l.tracked(), l.selected(), l.reconciled()), (1, Some(0), 1));
         assert_eq!(l.failed("b"), 1, "a namespace made again starts afresh");
+    }
+
+    #[test]
+    fn secrets_a_first_pass_found_are_judged_leniently_until_they_change() {
+        let mut l = Ledger::default();
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "not reconciled yet"
+        );
+        l.note(1, "a", true, (false, 1), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "without every token"
+        );
+        l.note(1, "a", true, (true, 1), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "what it found"
+        );
+        assert_eq!(l.freshness("a", 2), Freshness::Exact, "changed since");
+        l.note(1, "a", true, (true, 3), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "the first pass's, kept"
+        );
     }
 }

@@ -343,7 +343,7 @@ async fn controller(parts: ControllerParts) {
             queue: queue.clone(),
             metrics: metrics.clone(),
         },
-        relisted.clone(),
+        (relisted.clone(), true),
         watches.clone(),
         namespace_watch,
     )
@@ -413,7 +413,7 @@ fn secret_watches(
             reflected(
                 watches::watch(Api::<Secret>::all(client.clone()), selected),
                 KeepSecrets(cache.clone()),
-                relisted.clone(),
+                (relisted.clone(), false),
                 watches.clone(),
                 watch,
             )

@@ -14,12 +14,12 @@ use crate::config::Config;
 use crate::events::Events;
 use crate::lease::{Election, Pace, Permit};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Assignment, Context, Freshness, Outcome, TokenView};
+use crate::reconcile::{self, Assignment, Context, Outcome, TokenView, Written};
 use crate::refresher;
 use crate::secrets::{Stored, Writer};
 
 use super::accounts::Tended;
-use super::cache::{Namespaces, Secrets};
+use super::cache::{Namespaces, Secrets, secret_deleted, secret_written};
 use super::ledger::Ledger;
 use super::queue::Then;
 use super::watches::{WatchId, Watches, until_usable};
@@ -50,8 +50,9 @@ pub(super) struct Ctx {
     pub(super) service_accounts: Option<Tended>,
     /// Per-namespace bookkeeping of this term. The first reconciliation of each namespace
     /// leaves a sound, fresh secret alone even if it holds an older token (a previous
-    /// leader's, or sync's), so a restart or failover is not a write to every namespace;
-    /// later ones want exactly the current token, which repairs any edit.
+    /// leader's, or sync's), so a restart or failover is not a write to every namespace,
+    /// and later ones do too while the secrets are the ones it found; once one changed
+    /// they want exactly the current token, which repairs any edit.
     pub(super) ledger: Arc<Mutex<Ledger>>,
     /// Client-side pacing of writes (`--max-writes-per-second`).
     pub(super) pace: Option<Arc<Pace>>,
@@ -101,11 +102,8 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
     } else {
         Arc::new(TokenView::default())
     };
-    let freshness = if ctx.ledger().is_reconciled(name) {
-        Freshness::Exact
-    } else {
-        Freshness::SoundAndFresh
-    };
+    let found = fingerprint(&stored);
+    let freshness = ctx.ledger().freshness(name, found);
     let mut permit = Permit::fenced(fence.clone());
     if let Some(pace) = &ctx.pace {
         permit = permit.paced(pace.clone());
@@ -122,6 +120,7 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
             metrics: Some(&ctx.metrics),
             events: Some(&ctx.events),
             permit: &permit,
+            written: Some(&|w| ctx.take_in(w)),
         },
         &ns,
         &stored,
@@ -156,7 +155,7 @@ async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
         fence.term(),
         name,
         report.is_selected(),
-        reconciled,
+        (reconciled, found),
         failures.is_empty(),
     );
     if pending {
@@ -227,6 +226,18 @@ async fn gather(name: &str, ns: &Namespace, ctx: &Ctx) -> Result<Gathered, Faile
     })
 }
 
+/// The secrets of a namespace as found (names and resourceVersions), in one number: any
+/// write to any of them changes it.
+fn fingerprint(stored: &BTreeMap<String, Stored>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    for (name, s) in stored {
+        name.hash(&mut h);
+        s.resource_version().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The earliest expiry among the tokens at hand: its renewal brings a full reconciliation
 /// (the tokens change), before which nothing holding a token at least as young is due.
 fn earliest_token(view: &TokenView) -> Option<jiff::Timestamp> {
@@ -280,6 +291,32 @@ fn recheck_after(
 }
 
 impl Ctx {
+    /// Takes regcred's own write into the caches at once (see [`Written`]).
+    fn take_in(&self, written: Written<'_>) {
+        match written {
+            Written::Secret { secret, over } => {
+                let name = secret.metadata.name.as_deref().unwrap_or_default();
+                if let Some(w) = self.secrets.get(name) {
+                    secret_written(&w.cache, secret, over);
+                }
+            }
+            Written::SecretGone {
+                namespace,
+                name,
+                resource_version,
+            } => {
+                if let Some(w) = self.secrets.get(name) {
+                    secret_deleted(&w.cache, namespace, resource_version);
+                }
+            }
+            Written::ServiceAccount { account, over } => {
+                if let Some(tended) = &self.service_accounts {
+                    tended.patched(account, over);
+                }
+            }
+        }
+    }
+
     /// Whether `view` holds a token for every configured source.
     fn has_every_token(&self, view: &TokenView) -> bool {
         self.config
@@ -290,7 +327,14 @@ impl Ctx {
 
     /// Notes a reconciliation's result in the ledger (if its term still runs) and the
     /// gauges; readiness follows once every namespace has been reconciled in this term.
-    fn note(&self, term: u64, namespace: &str, selected: bool, reconciled: bool, succeeded: bool) {
+    fn note(
+        &self,
+        term: u64,
+        namespace: &str,
+        selected: bool,
+        reconciled: (bool, u64),
+        succeeded: bool,
+    ) {
         let mut ledger = self.ledger();
         // Checked under the ledger's lock: a namespace deleted meanwhile (its cache entry
         // goes before the ledger forgets it) is not brought back into the ledger.

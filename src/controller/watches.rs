@@ -229,9 +229,14 @@ impl Watches {
         }
     }
 
-    fn succeeded(&self, id: WatchId, listed: bool) {
+    /// Notes a working watch (`listed`: a full list was taken in). Returns whether
+    /// reconciliations may have gone without this watch's cache as it is now: it had listed
+    /// before (a relist), or it failed before its first list (what depends on it was left
+    /// out meanwhile).
+    fn succeeded(&self, id: WatchId, listed: bool) -> bool {
         let mut states = self.states();
         let state = &mut states[id.0];
+        let stale = state.listed || state.failing.is_some();
         if listed && !state.listed {
             self.changed.send_replace(());
         }
@@ -244,6 +249,7 @@ impl Watches {
             );
             self.update(&states);
         }
+        stale
     }
 
     fn failed(&self, id: WatchId, error: &watcher::Error) {
@@ -327,13 +333,18 @@ pub(super) trait Keep<K>: Send + 'static {
 /// A watch's events taken into its cache through `keep`: single changes come out as they
 /// happen (the namespace concerned), and whenever a full list has been taken in, `relisted`
 /// gets a signal (the controller then reconciles every namespace: a list sends no deletions,
-/// and a trigger for an object new in it would come before the list is whole). Errors are
-/// retried by the stream's backoff and reported to `watches`, never passed on (one broken
-/// watch must not pause the others' triggers).
+/// and a trigger for an object new in it would come before the list is whole).
+///
+/// Not after the first list of a watch that never failed, unless `first_list` says so (the
+/// namespaces'): reconciliations wait for that list and read it whole, and a second pass
+/// right after the first would want exactly the current token everywhere, rewriting every
+/// sound secret a previous leader left. Errors are retried by the stream's backoff and
+/// reported to `watches`, never passed on (one broken watch must not pause the others'
+/// triggers).
 pub(super) fn reflected<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     mut keep: impl Keep<K>,
-    relisted: futures::channel::mpsc::UnboundedSender<()>,
+    (relisted, first_list): (futures::channel::mpsc::UnboundedSender<()>, bool),
     watches: Arc<Watches>,
     id: WatchId,
 ) -> impl Stream<Item = Change<String>> + Send + 'static
@@ -360,8 +371,9 @@ where
             }
             Ok(watcher::Event::InitDone) => {
                 keep.end();
-                watches.succeeded(id, true);
-                let _ = relisted.unbounded_send(());
+                if watches.succeeded(id, true) || first_list {
+                    let _ = relisted.unbounded_send(());
+                }
                 None
             }
             Err(e) => {

@@ -79,6 +79,29 @@ impl Report {
     }
 }
 
+/// What a write left in the cluster, for a caller that keeps a cache of it: the controller
+/// takes its own writes in at once, so a reconciliation that follows before their watch
+/// events does not act on what they replaced (a conflict, a read and a write more).
+#[derive(Clone, Copy, Debug)]
+pub enum Written<'a> {
+    /// Created (`over` is `None`) or written over that resourceVersion.
+    Secret {
+        secret: &'a Secret,
+        over: Option<&'a str>,
+    },
+    /// Deleted at that resourceVersion.
+    SecretGone {
+        namespace: &'a str,
+        name: &'a str,
+        resource_version: Option<&'a str>,
+    },
+    /// Patched over that resourceVersion.
+    ServiceAccount {
+        account: &'a ServiceAccount,
+        over: Option<&'a str>,
+    },
+}
+
 /// Everything execution needs, shared by every namespace of a pass.
 #[derive(Clone)]
 pub struct Context<'a> {
@@ -92,6 +115,16 @@ pub struct Context<'a> {
     pub events: Option<&'a Events>,
     /// Whether and for how long each write may be made (the controller's leadership).
     pub permit: &'a Permit,
+    /// Told of every write made, when set.
+    pub written: Option<&'a (dyn Fn(Written<'_>) + Send + Sync)>,
+}
+
+impl Context<'_> {
+    fn note(&self, written: Written<'_>) {
+        if let Some(tell) = self.written {
+            tell(written);
+        }
+    }
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -330,9 +363,14 @@ async fn execute(
                     .planned
                     .push(format!("would {verb} secret {namespace}/{name}"));
             } else {
-                ctx.writer
+                let now = ctx
+                    .writer
                     .apply(&secret, over.as_deref(), ctx.permit)
                     .await?;
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: over.as_deref(),
+                });
             }
             (secret, outcome)
         }
@@ -348,7 +386,16 @@ async fn execute(
                 ctx.writer
                     .delete(namespace, name, resource_version.as_deref(), ctx.permit)
                     .await?;
-                ctx.writer.apply(&secret, None, ctx.permit).await?;
+                ctx.note(Written::SecretGone {
+                    namespace,
+                    name,
+                    resource_version: resource_version.as_deref(),
+                });
+                let now = ctx.writer.apply(&secret, None, ctx.permit).await?;
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: None,
+                });
             }
             (secret, Outcome::Updated)
         }
@@ -393,7 +440,14 @@ async fn remove(
                     ctx.permit,
                 )
                 .await
-                .map(|()| Outcome::Removed)
+                .map(|()| {
+                    ctx.note(Written::SecretGone {
+                        namespace,
+                        name: secret_name,
+                        resource_version: resource_version.as_deref(),
+                    });
+                    Outcome::Removed
+                })
         }
         Leaving::GiveBack(back) => {
             if ctx.dry_run {
@@ -402,10 +456,13 @@ async fn remove(
                 ));
                 return Outcome::GivenBack;
             }
-            ctx.writer
-                .give_back(&back, ctx.permit)
-                .await
-                .map(|()| Outcome::GivenBack)
+            ctx.writer.give_back(&back, ctx.permit).await.map(|now| {
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: back.metadata.resource_version.as_deref(),
+                });
+                Outcome::GivenBack
+            })
         }
     };
     match done {
@@ -453,7 +510,12 @@ async fn relink(
             continue;
         }
         match serviceaccounts::update(ctx.client, sa, &wants, ctx.permit).await {
-            Ok(serviceaccounts::Outcome::Patched(done)) => {
+            Ok(serviceaccounts::Outcome::Patched(patched)) => {
+                ctx.note(Written::ServiceAccount {
+                    account: &patched.now,
+                    over: patched.over.as_deref(),
+                });
+                let done = patched.change;
                 report.service_accounts_patched += 1;
                 tracing::info!(
                     namespace = report.namespace,

@@ -118,13 +118,13 @@ impl Writer {
     /// since it was read. Where none was stored, by a plain create, which costs the API
     /// server about a third less than an apply that creates (`make bench`, "what each kind
     /// of request costs"); a secret someone else created meanwhile is a conflict
-    /// (`AlreadyExists`), never silently taken over.
+    /// (`AlreadyExists`), never silently taken over. Returns the secret as stored.
     pub async fn apply(
         &self,
         desired: &Secret,
         over: Option<&str>,
         permit: &Permit,
-    ) -> Result<(), Error> {
+    ) -> Result<Secret, Error> {
         let namespace = desired.metadata.namespace.clone().unwrap_or_default();
         let name = desired.metadata.name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
@@ -145,8 +145,7 @@ impl Writer {
                     source,
                 },
             )
-            .await
-            .map(|_| ());
+            .await;
         }
         let mut body = desired.clone();
         body.metadata.resource_version = over.map(str::to_owned);
@@ -165,7 +164,6 @@ impl Writer {
             },
         )
         .await
-        .map(|_| ())
     }
 
     /// Deletes a secret, only if it is still the version that was read.
@@ -208,8 +206,8 @@ impl Writer {
     }
 
     /// Writes back what [`given_back`](super::given_back) left of a secret, only if it is still the version
-    /// that was read (its resourceVersion travels with it).
-    pub async fn give_back(&self, secret: &Secret, permit: &Permit) -> Result<(), Error> {
+    /// that was read (its resourceVersion travels with it). Returns the secret as stored.
+    pub async fn give_back(&self, secret: &Secret, permit: &Permit) -> Result<Secret, Error> {
         let namespace = secret.metadata.namespace.clone().unwrap_or_default();
         let name = secret.metadata.name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
@@ -230,6 +228,5 @@ impl Writer {
             },
         )
         .await
-        .map(|_| ())
     }
 }
