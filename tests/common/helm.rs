@@ -170,19 +170,41 @@ pub fn install(release: &str, namespace: &str, values: &Value) {
 /// had made that ServiceAccount, with these secret names (a release of its own names them).
 /// Returns once the API server enforces it.
 pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
+    install_policy_with(who, secret_names, &super::unique("policy"), false).await;
+}
+
+/// The same for a release named `fullname` (its objects' names), with the admission
+/// webhook's own certificate on: the policy then also admits the Secret
+/// `<fullname>-webhook-tls` in `who`'s namespace.
+pub async fn install_policy_with_webhook(
+    who: &super::Identity,
+    secret_names: &[&str],
+    fullname: &str,
+) {
+    install_policy_with(who, secret_names, fullname, true).await;
+}
+
+async fn install_policy_with(
+    who: &super::Identity,
+    secret_names: &[&str],
+    fullname: &str,
+    webhook: bool,
+) {
     let secrets: Vec<Value> = secret_names
         .iter()
         .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
         .collect();
     let values = json!({
+        "fullnameOverride": fullname,
         "serviceAccount": {"create": false, "name": who.name},
         "config": {"secrets": secrets},
+        "webhook": {"enabled": webhook},
     });
     let file = values_file(&values);
-    let release = super::unique("policy");
+    let release = fullname;
     let out = helm(&[
         "template",
-        &release,
+        release,
         chart_dir().to_str().unwrap(),
         "--namespace",
         &who.namespace,
