@@ -13,6 +13,7 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+use crate::formats::{self, Format};
 use crate::namespaces::{Glob, LabelSelector, Selection};
 use crate::registry::{self, Registry, Role, TokenSource};
 
@@ -71,7 +72,9 @@ impl Default for Webhook {
     }
 }
 
-/// One managed Secret name and what goes in it, where.
+/// One managed Secret name and what goes in it, where. An entry of a per-host format
+/// (`argocd-repository`, `argocd-repo-creds`) stands for one of these per registry host
+/// ([`formats::expand`]).
 #[derive(Clone, Debug)]
 pub struct SecretConfig {
     pub name: SecretName,
@@ -79,6 +82,12 @@ pub struct SecretConfig {
     pub namespaces: Selection,
     pub service_accounts: ServiceAccounts,
     pub adopt: bool,
+    /// The shape the token is written in.
+    pub format: Format,
+    /// The configuration entry it comes from (`secrets[entry]`; 0 from flags), and that
+    /// entry's `name`.
+    pub entry: usize,
+    pub entry_name: SecretName,
 }
 
 /// A registry and the role (if any) to assume for its token.
@@ -180,6 +189,20 @@ impl Config {
         names
     }
 
+    /// Entry `index` of the configuration as written: its own name and all its registries
+    /// (the secrets of a per-host format put together again).
+    #[must_use]
+    pub fn entry(&self, index: usize) -> Option<SecretConfig> {
+        let mut of = self.secrets.iter().filter(|s| s.entry == index);
+        let first = of.next()?;
+        let mut entry = first.clone();
+        entry.name = first.entry_name.clone();
+        entry
+            .registries
+            .extend(of.flat_map(|s| s.registries.iter().cloned()));
+        Some(entry)
+    }
+
     /// Whether any secret patches ServiceAccounts.
     #[must_use]
     pub fn patches_service_accounts(&self) -> bool {
@@ -276,6 +299,10 @@ pub struct ConfigArgs {
     /// Take over an existing secret of the same name that regcred did not create.
     #[arg(long, env = "REGCRED_ADOPT")]
     pub adopt: bool,
+    /// What to write: dockerconfigjson (a pull secret), argocd-repository or
+    /// argocd-repo-creds (Argo CD, one secret per registry, named NAME-HOST), basic-auth.
+    #[arg(long, env = "REGCRED_SECRET_FORMAT", value_name = "FORMAT", value_parser = parse_format)]
+    pub secret_format: Option<Format>,
     /// A name regcred's secret had before (repeatable): its secrets of that name, and the
     /// references to them, are removed (RBAC must still allow that name).
     #[arg(
@@ -291,6 +318,10 @@ fn parse_registry(s: &str) -> Result<Registry, registry::Error> {
     Registry::parse(s)
 }
 
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
 impl ConfigArgs {
     fn has_secret_flags(&self) -> bool {
         !self.registries.is_empty()
@@ -300,6 +331,7 @@ impl ConfigArgs {
             || self.namespace_selector.is_some()
             || !self.service_accounts.is_empty()
             || self.adopt
+            || self.secret_format.is_some()
             || !self.former_names.is_empty()
     }
 
@@ -311,7 +343,8 @@ impl ConfigArgs {
                     flag: "config",
                     message: "cannot be combined with --registry, --secret-name, --namespace, \
                               --exclude-namespace, --namespace-selector, --service-account, \
-                              --adopt or --former-secret-name; put those in the file"
+                              --adopt, --secret-format or --former-secret-name; put those in the \
+                              file"
                         .into(),
                 });
             }
@@ -335,8 +368,10 @@ impl ConfigArgs {
             namespaces.exclude.clone_from(&self.exclude_namespaces);
         }
         namespaces.selector.clone_from(&self.namespace_selector);
+        let name = self.secret_name.clone().unwrap_or_default();
         let secret = SecretConfig {
-            name: self.secret_name.clone().unwrap_or_default(),
+            entry_name: name.clone(),
+            name,
             registries: self
                 .registries
                 .iter()
@@ -348,6 +383,8 @@ impl ConfigArgs {
             namespaces,
             service_accounts: ServiceAccounts::from_names(self.service_accounts.clone()),
             adopt: self.adopt,
+            format: self.secret_format.unwrap_or_default(),
+            entry: 0,
         };
         let mut hosts = BTreeSet::new();
         for r in &secret.registries {
@@ -358,15 +395,25 @@ impl ConfigArgs {
                 });
             }
         }
+        let secrets = formats::expand(secret).map_err(|problem| {
+            let (flag, message) = match problem {
+                formats::Problem::Registries(m) => ("registry", m),
+                formats::Problem::Registry(i, m) => {
+                    ("registry", format!("{}: {m}", self.registries[i].host()))
+                }
+                formats::Problem::ServiceAccounts(m) => ("service-account", m),
+            };
+            Error::Flag { flag, message }
+        })?;
         let former_names: BTreeSet<SecretName> = self.former_names.iter().cloned().collect();
-        if former_names.contains(&secret.name) {
+        if let Some(s) = secrets.iter().find(|s| former_names.contains(&s.name)) {
             return Err(Error::Flag {
                 flag: "former-secret-name",
-                message: format!("{} is the secret's name now", secret.name),
+                message: format!("{} is the secret's name now", s.name),
             });
         }
         Ok(Config {
-            secrets: vec![secret],
+            secrets,
             refresh: Refresh::default(),
             former_names,
             webhook: Webhook::default(),
@@ -503,6 +550,7 @@ macro_rules! deserialize_from_str {
 }
 
 deserialize_from_str!(
+    Format,
     Glob,
     LabelSelector,
     SecretName,
@@ -560,6 +608,8 @@ struct SecretEntry {
     adopt: bool,
     #[serde(default)]
     former_names: Vec<SecretName>,
+    #[serde(default)]
+    format: Format,
 }
 
 #[derive(Default, Deserialize)]
@@ -655,16 +705,67 @@ impl<'de> Deserialize<'de> for RegistryConfig {
     }
 }
 
+impl SecretEntry {
+    /// The secrets entry `i` stands for (one, or one per host), or why it is refused, with
+    /// the field at fault.
+    fn into_secrets(self, i: usize) -> Result<Vec<SecretConfig>, (String, String)> {
+        if self.registries.is_empty() {
+            return Err((
+                format!("secrets[{i}].registries"),
+                "at least one registry is needed".into(),
+            ));
+        }
+        let mut hosts = BTreeSet::new();
+        for (j, r) in self.registries.iter().enumerate() {
+            if !hosts.insert(r.registry.host()) {
+                return Err((
+                    format!("secrets[{i}].registries[{j}]"),
+                    format!("{} is listed twice", r.registry.host()),
+                ));
+            }
+        }
+        let mut namespaces = Selection::default();
+        if let Some(include) = self.namespaces.include {
+            namespaces.include = include;
+        }
+        if let Some(exclude) = self.namespaces.exclude {
+            namespaces.exclude = exclude;
+        }
+        namespaces.selector = self.namespaces.selector;
+        formats::expand(SecretConfig {
+            entry_name: self.name.clone(),
+            name: self.name,
+            registries: self.registries,
+            namespaces,
+            service_accounts: ServiceAccounts::from_names(self.service_accounts),
+            adopt: self.adopt,
+            format: self.format,
+            entry: i,
+        })
+        .map_err(|problem| match problem {
+            formats::Problem::Registries(m) => (format!("secrets[{i}].registries"), m),
+            formats::Problem::Registry(j, m) => (format!("secrets[{i}].registries[{j}]"), m),
+            formats::Problem::ServiceAccounts(m) => (format!("secrets[{i}].serviceAccounts"), m),
+        })
+    }
+}
+
 impl File {
     fn validate(self) -> Result<Config, (String, String)> {
         if self.secrets.is_empty() {
             return Err(("secrets".into(), "at least one entry is needed".into()));
         }
-        let current: BTreeSet<&SecretName> = self.secrets.iter().map(|s| &s.name).collect();
+        let mut former = Vec::new();
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, s) in self.secrets.into_iter().enumerate() {
+            former.push(s.former_names.clone());
+            secrets.extend(s.into_secrets(i)?);
+        }
+        let current: BTreeSet<&SecretName> = secrets.iter().map(|s| &s.name).collect();
         let mut former_names = BTreeSet::new();
-        for (i, s) in self.secrets.iter().enumerate() {
-            for (j, name) in s.former_names.iter().enumerate() {
-                if current.contains(name) {
+        for (i, names) in former.into_iter().enumerate() {
+            for (j, name) in names.into_iter().enumerate() {
+                if current.contains(&name) {
                     return Err((
                         format!("secrets[{i}].formerNames[{j}]"),
                         format!(
@@ -672,41 +773,8 @@ impl File {
                         ),
                     ));
                 }
-                former_names.insert(name.clone());
+                former_names.insert(name);
             }
-        }
-        let mut secrets = Vec::with_capacity(self.secrets.len());
-        for (i, s) in self.secrets.into_iter().enumerate() {
-            if s.registries.is_empty() {
-                return Err((
-                    format!("secrets[{i}].registries"),
-                    "at least one registry is needed".into(),
-                ));
-            }
-            let mut hosts = BTreeSet::new();
-            for (j, r) in s.registries.iter().enumerate() {
-                if !hosts.insert(r.registry.host()) {
-                    return Err((
-                        format!("secrets[{i}].registries[{j}]"),
-                        format!("{} is listed twice", r.registry.host()),
-                    ));
-                }
-            }
-            let mut namespaces = Selection::default();
-            if let Some(include) = s.namespaces.include {
-                namespaces.include = include;
-            }
-            if let Some(exclude) = s.namespaces.exclude {
-                namespaces.exclude = exclude;
-            }
-            namespaces.selector = s.namespaces.selector;
-            secrets.push(SecretConfig {
-                name: s.name,
-                registries: s.registries,
-                namespaces,
-                service_accounts: ServiceAccounts::from_names(s.service_accounts),
-                adopt: s.adopt,
-            });
         }
         let defaults = Refresh::default();
         let refresh = Refresh {
@@ -942,6 +1010,26 @@ refresh:
                 "secrets[0].formerNames[0]",
                 "not a valid Secret name",
             ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    format: argocd\n",
+                "secrets[0].format",
+                "\"argocd\" is not a format (one of dockerconfigjson, argocd-repository",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws, 123456789012.dkr.ecr.us-east-1.amazonaws.com]\n    format: basic-auth\n",
+                "secrets[0].registries",
+                "format basic-auth holds one registry's username and password, and this entry lists 2",
+            ),
+            (
+                "secrets:\n  - registries: [public.ecr.aws]\n    format: argocd-repository\n    serviceAccounts: [default]\n",
+                "secrets[0].serviceAccounts",
+                "a secret of format argocd-repository cannot go into imagePullSecrets",
+            ),
+            (
+                "secrets:\n  - name: ecr\n    registries: [public.ecr.aws]\n    format: argocd-repo-creds\n  - registries: [public.ecr.aws]\n    formerNames: [ecr-public.ecr.aws]\n",
+                "secrets[1].formerNames[0]",
+                "ecr-public.ecr.aws is the name of a secret now",
+            ),
         ];
         for (yaml, field, message) in cases {
             let (got_field, got_message) = field_error(yaml);
@@ -970,6 +1058,65 @@ refresh:
             assert_eq!(got_field, field, "{yaml}");
             assert!(got_message.contains(message), "{yaml}: {got_message}");
         }
+    }
+
+    #[test]
+    fn per_host_formats_stand_for_a_secret_per_host() {
+        let c = load(
+            "secrets:\n  - name: pull\n    registries: [public.ecr.aws]\n  - name: argo\n    format: argocd-repository\n    registries: [public.ecr.aws, 123456789012.dkr.ecr.us-east-1.amazonaws.com]\n    namespaces: {include: [argocd]}\n",
+        )
+        .unwrap();
+        let names: Vec<(&str, Format, usize)> = c
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.format, s.entry))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("pull", Format::Dockerconfigjson, 0),
+                ("argo-public.ecr.aws", Format::ArgocdRepository, 1),
+                (
+                    "argo-123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                    Format::ArgocdRepository,
+                    1
+                ),
+            ]
+        );
+        assert_eq!(
+            c.managed_names().len(),
+            3,
+            "each is watched and granted by name"
+        );
+        assert_eq!(
+            c.token_sources().len(),
+            2,
+            "still one token call per source"
+        );
+        let argo = c.entry(1).unwrap();
+        assert_eq!(argo.name.as_str(), "argo");
+        assert_eq!(argo.registries.len(), 2);
+        assert!(c.entry(2).is_none());
+        let flags = ConfigArgs {
+            registries: vec![Registry::parse("public.ecr.aws").unwrap()],
+            secret_format: Some(Format::ArgocdRepoCreds),
+            ..ConfigArgs::default()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(flags.secrets[0].name.as_str(), "regcred-public.ecr.aws");
+        let two = ConfigArgs {
+            registries: vec![
+                Registry::parse("public.ecr.aws").unwrap(),
+                Registry::parse("123456789012.dkr.ecr.us-east-1.amazonaws.com").unwrap(),
+            ],
+            secret_format: Some(Format::BasicAuth),
+            ..ConfigArgs::default()
+        };
+        assert!(matches!(
+            two.load(),
+            Err(Error::Flag { flag: "registry", message }) if message.contains("format basic-auth holds one registry's")
+        ));
     }
 
     #[test]
