@@ -174,6 +174,12 @@ pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
         .iter()
         .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
         .collect();
+    install_policy_for(who, &Value::Array(secrets), secret_names[0]).await;
+}
+
+/// The same for a configuration's `secrets` (any formats): `probe` is one of the secret
+/// names they stand for, whose token-secret twin must be refused.
+pub async fn install_policy_for(who: &super::Identity, secrets: &Value, probe: &str) {
     let values = json!({
         "serviceAccount": {"create": false, "name": who.name},
         "config": {"secrets": secrets},
@@ -203,7 +209,7 @@ pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
         type_: Some("kubernetes.io/service-account-token".into()),
         ..Default::default()
     };
-    token.metadata.name = Some(secret_names[0].to_owned());
+    token.metadata.name = Some(probe.to_owned());
     token.metadata.annotations = Some(
         [(
             "kubernetes.io/service-account.name".to_owned(),
