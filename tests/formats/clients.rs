@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::common::helm::tools;
 use super::common::*;
-use super::{World, data, door, show, slot_problem};
+use super::{World, config, data, door, show, slot_problem};
 
 /// The chart every test pulls, in the door's account.
 const CHART: &str = "regcred-test/hello";
@@ -110,9 +110,9 @@ async fn helm_pulls_with_exactly_the_written_credentials_and_not_once_they_expir
     create_namespace(&w.admin, &ns, &[]).await;
     let mut entries = w.entries(&[&ns]);
     entries.as_array_mut().unwrap().remove(1); // no repo-creds: a repository and basic-auth
-    let (_d, config) = w.config(&entries);
+    let (_d, file) = config(&entries);
     // Tokens of 20 s: long enough to pull, short enough to see expire.
-    let (out, _) = w.sync(&config, Some("20s"));
+    let (out, _) = w.sync(&file, Some("20s"));
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let helm = Helm::new();
     let mut written = Vec::new();
@@ -226,8 +226,8 @@ async fn argo_cd_resolves_and_pulls_with_the_repository_and_the_template_regcred
     create_namespace(&w.admin, &ns, &[]).await;
     let mut entries = w.entries(&[&ns]);
     entries.as_array_mut().unwrap().remove(2); // Argo CD's two formats
-    let (_d, config) = w.config(&entries);
-    let (out, _) = w.sync(&config, None);
+    let (_d, file) = config(&entries);
+    let (out, _) = w.sync(&file, None);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let door = door();
     let (repo, creds) = (

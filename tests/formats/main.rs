@@ -21,13 +21,13 @@ use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-pub const ARGOCD_LABEL: &str = "argocd.argoproj.io/secret-type";
-pub const REGISTRIES: &str = "regcred.io/registries";
+const ARGOCD_LABEL: &str = "argocd.argoproj.io/secret-type";
+const REGISTRIES: &str = "regcred.io/registries";
 
 /// The stack's registry door for its first account, as `localhost:PORT`: Argo CD finds a
 /// credential template by URL prefix after parsing the URL, and a scheme-less
 /// `127.0.0.1:PORT/...` does not parse (the door's certificate names `localhost` too).
-pub fn door() -> String {
+fn door() -> String {
     let registry = stack().var("REGCRED_TEST_REGISTRY");
     let (_, port) = registry.rsplit_once(':').expect("host:port");
     format!("localhost:{port}")
@@ -39,10 +39,10 @@ fn door_entry() -> Value {
 
 /// One secret regcred writes: its name, format and registry host.
 #[derive(Clone, Debug)]
-pub struct Slot {
-    pub name: String,
-    pub format: &'static str,
-    pub host: String,
+struct Slot {
+    name: String,
+    format: &'static str,
+    host: String,
 }
 
 /// The secrets of the three entries: the names regcred derives per host for the Argo CD
@@ -77,18 +77,18 @@ fn slots_of(repo: &str, creds: &str, plain: &str) -> Vec<Slot> {
 /// A test's world: three entries, one per new format, selecting `include`; the chart's
 /// identity for the names they stand for, with the chart's admission policy in force.
 struct World {
-    pub admin: kube::Client,
-    pub prefix: String,
+    admin: kube::Client,
+    prefix: String,
     /// Entry names: argocd-repository (the door and ECR Public), argocd-repo-creds (the
     /// door), basic-auth (the door).
-    pub repo: String,
-    pub creds: String,
-    pub plain: String,
-    pub who: Identity,
+    repo: String,
+    creds: String,
+    plain: String,
+    who: Identity,
 }
 
 impl World {
-    pub async fn new(tag: &str) -> Self {
+    async fn new(tag: &str) -> Self {
         let admin = stack().admin().await;
         let (prefix, repo, creds, plain) = (
             unique(tag),
@@ -114,16 +114,16 @@ impl World {
         w
     }
 
-    pub fn ns(&self, suffix: &str) -> String {
+    fn ns(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.prefix)
     }
 
     /// Every secret the entries stand for, in every selected namespace.
-    pub fn slots(&self) -> Vec<Slot> {
+    fn slots(&self) -> Vec<Slot> {
         slots_of(&self.repo, &self.creds, &self.plain)
     }
 
-    pub fn slot(&self, format: &str, host: &str) -> Slot {
+    fn slot(&self, format: &str, host: &str) -> Slot {
         self.slots()
             .into_iter()
             .find(|s| s.format == format && s.host == host)
@@ -131,7 +131,7 @@ impl World {
     }
 
     /// The configuration's `secrets`, selecting namespaces by these globs.
-    pub fn entries(&self, include: &[&str]) -> Value {
+    fn entries(&self, include: &[&str]) -> Value {
         let namespaces = json!({"include": include});
         json!([
             {"name": self.repo, "format": "argocd-repository", "registries": [door_entry(), "public.ecr.aws"], "namespaces": namespaces},
@@ -140,14 +140,9 @@ impl World {
         ])
     }
 
-    /// A configuration file of these entries (JSON is YAML).
-    pub fn config(&self, entries: &Value) -> (tempfile::TempDir, PathBuf) {
-        config_file(&json!({ "secrets": entries }).to_string())
-    }
-
     /// `regcred sync` of this configuration as the chart's identity; its tokens live `ttl`
     /// when given. Returns the output and the AWS access key its calls counted under.
-    pub fn sync(&self, config: &std::path::Path, ttl: Option<&str>) -> (Output, String) {
+    fn sync(&self, config: &std::path::Path, ttl: Option<&str>) -> (Output, String) {
         let (mut cmd, key) = regcred(&self.who);
         if let Some(ttl) = ttl {
             stack().set_aws_key(&key, &json!({ "ttl": ttl }));
@@ -161,12 +156,17 @@ impl World {
         (out, key)
     }
 
-    pub async fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
+    async fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
         get_secret(&self.admin, ns, name).await
     }
 }
 
-pub fn show(o: &Output) -> String {
+/// A configuration file of these entries (JSON is YAML).
+fn config(entries: &Value) -> (tempfile::TempDir, PathBuf) {
+    config_file(&json!({ "secrets": entries }).to_string())
+}
+
+fn show(o: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}--- stderr\n{}",
         o.status.code(),
@@ -175,7 +175,7 @@ pub fn show(o: &Output) -> String {
     )
 }
 
-pub fn data(s: &Secret, key: &str) -> Option<String> {
+fn data(s: &Secret, key: &str) -> Option<String> {
     let bytes = s.data.as_ref()?.get(key)?;
     Some(String::from_utf8(bytes.0.clone()).expect("UTF-8 data"))
 }
@@ -193,7 +193,7 @@ fn annotation(s: &Secret, key: &str) -> Option<String> {
 /// `exact`; others' keys allowed otherwise), the spec's annotations, and a password the
 /// fake AWS issued for the registry's account that has not expired, whose expiry the
 /// annotation announces.
-pub fn slot_problem(secret: Option<&Secret>, slot: &Slot, exact: bool) -> Option<String> {
+fn slot_problem(secret: Option<&Secret>, slot: &Slot, exact: bool) -> Option<String> {
     let Some(s) = secret else {
         return Some("missing".into());
     };

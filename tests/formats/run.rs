@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::common::*;
-use super::{World, data, door, slot_problem};
+use super::{World, config, data, door, slot_problem};
 
 fn start(w: &World, config: &std::path::Path, ttl: Option<&str>) -> Running {
     let (cmd, key) = regcred(&w.who);
@@ -44,8 +44,8 @@ async fn the_controller_keeps_every_format_current_and_leaves_what_others_add() 
     let w = World::new("fmt-run").await;
     let ns = w.ns("x");
     create_namespace(&w.admin, &ns, &[]).await;
-    let (_d, config) = w.config(&w.entries(&[&ns]));
-    let run = start(&w, &config, None);
+    let (_d, file) = config(&w.entries(&[&ns]));
+    let run = start(&w, &file, None);
     run.wait_ready(Duration::from_mins(1)).await;
     for slot in w.slots() {
         let s = w.secret(&ns, &slot.name).await;
@@ -138,9 +138,9 @@ async fn every_format_rotates_without_a_gap_or_an_expired_password() {
     let w = World::new("fmt-rotate").await;
     let ns = w.ns("r");
     create_namespace(&w.admin, &ns, &[]).await;
-    let (_d, config) = w.config(&w.entries(&[&ns]));
+    let (_d, file) = config(&w.entries(&[&ns]));
     // Tokens live 6 s: regcred renews every 3 s (half their life).
-    let run = start(&w, &config, Some("6s"));
+    let run = start(&w, &file, Some("6s"));
     run.wait_ready(Duration::from_mins(1)).await;
     let repo = w.slot("argocd-repository", &door());
     Api::<Secret>::namespaced(w.admin.clone(), &ns)

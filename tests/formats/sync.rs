@@ -11,7 +11,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::json;
 
 use super::common::*;
-use super::{ARGOCD_LABEL, World, data, show, slot_problem};
+use super::{ARGOCD_LABEL, World, config, data, show, slot_problem};
 
 fn assert_exit(o: &std::process::Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "{}", show(o));
@@ -70,11 +70,11 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
  {
     let w = World::new("fmt-sync").await;
     // c is not selected: the policy is asked there.
-    let (a, b, c) = (w.ns("a"), w.ns("b"), unique("fmt-policy"));
-    for ns in [&a, &b, &c] {
+    let (ns_a, ns_b, elsewhere) = (w.ns("a"), w.ns("b"), unique("fmt-policy"));
+    for ns in [&ns_a, &ns_b, &elsewhere] {
         create_namespace(&w.admin, ns, &[]).await;
     }
-    let (_d, all) = w.config(&w.entries(&[&format!("{}-*", w.prefix)]));
+    let (_d, all) = config(&w.entries(&[&format!("{}-*", w.prefix)]));
     let (out, key) = w.sync(&all, None);
     assert_exit(&out, 0);
     assert!(
@@ -94,7 +94,7 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
     );
     let mut versions = BTreeMap::new();
     let mut door_passwords = std::collections::BTreeSet::new();
-    for ns in [&a, &b] {
+    for ns in [&ns_a, &ns_b] {
         for slot in w.slots() {
             let s = w.secret(ns, &slot.name).await;
             assert_eq!(slot_problem(s.as_ref(), &slot, true), None, "{ns}/{slot:?}");
@@ -137,7 +137,7 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
             "a token secret of an Argo CD name",
         ),
     ] {
-        assert_refused_by_policy(&client, &c, &s, what).await;
+        assert_refused_by_policy(&client, &elsewhere, &s, what).await;
     }
 
     // Nothing due: no token call, no write.
@@ -158,7 +158,7 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
     }
 
     // b is no longer selected: its four secrets go, a's stay as they are.
-    let (_d, only_a) = w.config(&w.entries(&[&a]));
+    let (_d, only_a) = config(&w.entries(&[&ns_a]));
     let (out, _) = w.sync(&only_a, None);
     assert_exit(&out, 0);
     assert!(
@@ -169,21 +169,21 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
     );
     for slot in w.slots() {
         assert!(
-            w.secret(&b, &slot.name).await.is_none(),
-            "{b}/{}",
+            w.secret(&ns_b, &slot.name).await.is_none(),
+            "{ns_b}/{}",
             slot.name
         );
-        let kept = w.secret(&a, &slot.name).await.unwrap();
-        assert_eq!(rv(&kept), versions[&(a.clone(), slot.name.clone())]);
+        let kept = w.secret(&ns_a, &slot.name).await.unwrap();
+        assert_eq!(rv(&kept), versions[&(ns_a.clone(), slot.name.clone())]);
     }
 
     // A host leaves the repository entry: its secret's name goes to formerNames, and the
     // secret goes.
     let public = w.slot("argocd-repository", "public.ecr.aws");
-    let mut entries = w.entries(&[&a]);
+    let mut entries = w.entries(&[&ns_a]);
     entries[0]["registries"] = json!([entries[0]["registries"][0].clone()]);
     entries[0]["formerNames"] = json!([public.name]);
-    let (_d, fewer) = w.config(&entries);
+    let (_d, fewer) = config(&entries);
     let (out, _) = w.sync(&fewer, None);
     assert_exit(&out, 0);
     assert!(
@@ -191,13 +191,13 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
         "{}",
         show(&out)
     );
-    assert!(w.secret(&a, &public.name).await.is_none());
+    assert!(w.secret(&ns_a, &public.name).await.is_none());
 
     // cleanup knows every format: the three left go.
     let cleaned = std::process::Command::new(env!("CARGO_BIN_EXE_regcred"))
         .env_clear()
         .env("KUBECONFIG", stack().var("KUBECONFIG"))
-        .args(["cleanup", "--namespace", &a])
+        .args(["cleanup", "--namespace", &ns_a])
         .output()
         .unwrap();
     assert_exit(&cleaned, 0);
@@ -206,7 +206,7 @@ async fn every_format_is_written_from_one_token_per_source_kept_when_current_and
         "removed 3 secrets and 0 ServiceAccount references in 1 namespace\n"
     );
     for slot in w.slots() {
-        assert!(w.secret(&a, &slot.name).await.is_none(), "{}", slot.name);
+        assert!(w.secret(&ns_a, &slot.name).await.is_none(), "{}", slot.name);
     }
 }
 
@@ -256,8 +256,8 @@ async fn foreign_secrets_of_every_format_are_left_alone_unless_adopted() {
         versions.insert(created.metadata.name.clone().unwrap(), rv(&created));
     }
     let include = [f.as_str()];
-    let (_d, config) = w.config(&w.entries(&include));
-    let (out, _) = w.sync(&config, None);
+    let (_d, file) = config(&w.entries(&include));
+    let (out, _) = w.sync(&file, None);
     assert_exit(&out, 1);
     for name in versions.keys() {
         let line = format!(
@@ -293,7 +293,7 @@ async fn foreign_secrets_of_every_format_are_left_alone_unless_adopted() {
     for entry in adopting.as_array_mut().unwrap() {
         entry["adopt"] = json!(true);
     }
-    let (_d, adopt) = w.config(&adopting);
+    let (_d, adopt) = config(&adopting);
     let (out, _) = w.sync(&adopt, None);
     assert_exit(&out, 0);
     for slot in w.slots() {
@@ -315,7 +315,7 @@ async fn foreign_secrets_of_every_format_are_left_alone_unless_adopted() {
     for entry in in_g.as_array_mut().unwrap() {
         entry["namespaces"] = json!({"include": [g]});
     }
-    let (_d, config_g) = w.config(&in_g);
+    let (_d, config_g) = config(&in_g);
     let (out, _) = w.sync(&config_g, None);
     assert_exit(&out, 1);
     assert!(
@@ -372,7 +372,7 @@ async fn trace_logging_never_prints_a_password_of_any_format() {
     let w = World::new("fmt-trace").await;
     let ns = w.ns("t");
     create_namespace(&w.admin, &ns, &[]).await;
-    let (_d, config) = w.config(&w.entries(&[&ns]));
+    let (_d, file) = config(&w.entries(&[&ns]));
     // A minute's tokens, then ten minutes': the second pass reads, fetches and rewrites.
     let mut outputs = Vec::new();
     let mut forbidden = Vec::new();
@@ -381,7 +381,7 @@ async fn trace_logging_never_prints_a_password_of_any_format() {
         stack().set_aws_key(&key, &json!({ "ttl": ttl }));
         let out = cmd
             .args(["--log-level", "trace", "sync", "--config"])
-            .arg(&config)
+            .arg(&file)
             .output()
             .unwrap();
         assert_exit(&out, 0);
