@@ -170,7 +170,15 @@ pub fn install(release: &str, namespace: &str, values: &Value) {
 /// had made that ServiceAccount, with these secret names (a release of its own names them).
 /// Returns once the API server enforces it.
 pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
-    install_policy_with(who, secret_names, &super::unique("policy"), false).await;
+    let release = super::unique("policy");
+    install_policy_with(
+        who,
+        &pull_secrets(secret_names),
+        secret_names[0],
+        &release,
+        false,
+    )
+    .await;
 }
 
 /// The same for a release named `fullname` (its objects' names), with the admission
@@ -181,19 +189,37 @@ pub async fn install_policy_with_webhook(
     secret_names: &[&str],
     fullname: &str,
 ) {
-    install_policy_with(who, secret_names, fullname, true).await;
+    install_policy_with(
+        who,
+        &pull_secrets(secret_names),
+        secret_names[0],
+        fullname,
+        true,
+    )
+    .await;
+}
+
+/// The same for a configuration's `secrets` (any formats): `probe` is one of the secret
+/// names they stand for, whose token-secret twin must be refused.
+pub async fn install_policy_for(who: &super::Identity, secrets: &Value, probe: &str) {
+    install_policy_with(who, secrets, probe, &super::unique("policy"), false).await;
+}
+
+/// Pull-secret entries of these names, as a configuration's `secrets`.
+fn pull_secrets(names: &[&str]) -> Value {
+    names
+        .iter()
+        .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
+        .collect()
 }
 
 async fn install_policy_with(
     who: &super::Identity,
-    secret_names: &[&str],
+    secrets: &Value,
+    probe: &str,
     fullname: &str,
     webhook: bool,
 ) {
-    let secrets: Vec<Value> = secret_names
-        .iter()
-        .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
-        .collect();
     let values = json!({
         "fullnameOverride": fullname,
         "serviceAccount": {"create": false, "name": who.name},
@@ -225,7 +251,7 @@ async fn install_policy_with(
         type_: Some("kubernetes.io/service-account-token".into()),
         ..Default::default()
     };
-    token.metadata.name = Some(secret_names[0].to_owned());
+    token.metadata.name = Some(probe.to_owned());
     token.metadata.annotations = Some(
         [(
             "kubernetes.io/service-account.name".to_owned(),
