@@ -51,6 +51,9 @@ VENV=$CACHE/venv-$(sha12 "$TESTENV/requirements.txt")
 # helm and kubectl for the chart tests, from their own Go module (testenv/helm).
 HELM_VERSION=$(awk '$1 == "helm.sh/helm/v3" {print $2}' "$TESTENV/helm/go.mod")
 TOOLS_DIR=$CACHE/helm-$HELM_VERSION-$(sha12 "$TESTENV/helm/go.sum" "$TESTENV/helm/build.sh" "$TESTENV/helm/kubectl/main.go")/bin
+# Argo CD's own code reading repository Secrets, for the Argo CD format tests (testenv/argocd).
+ARGOCD_VERSION=$(awk '$1 == "github.com/argoproj/argo-cd/v3" {print $2}' "$TESTENV/argocd/go.mod")
+ARGOCD_DIR=$CACHE/argocd-$ARGOCD_VERSION-$(sha12 "$TESTENV/argocd/go.sum" "$TESTENV/argocd/build.sh" "$TESTENV/argocd/main.go")/bin
 
 log() { echo "testenv: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -122,6 +125,7 @@ install() {
   install_venv
   install_go
   [ -x "$TOOLS_DIR/helm" ] && [ -x "$TOOLS_DIR/kubectl" ] || "$TESTENV/helm/build.sh" "$TOOLS_DIR"
+  [ -x "$ARGOCD_DIR/argocd-driver" ] || "$TESTENV/argocd/build.sh" "$ARGOCD_DIR"
   exec 8>&-
 }
 
@@ -246,6 +250,7 @@ REGCRED_TEST_BIN $GOBIN_DIR
 REGCRED_TEST_VENV $VENV
 REGCRED_TEST_HELM $TOOLS_DIR/helm
 REGCRED_TEST_KUBECTL $TOOLS_DIR/kubectl
+REGCRED_TEST_ARGOCD $ARGOCD_DIR/argocd-driver
 EOF
     if node_enabled; then
       while read -r k v; do printf 'export %s=%s\n' "$k" "$v"; done <<EOF

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigArgs};
 use crate::ecr::Tokens;
+use crate::formats::Format;
 use crate::registry::{Endpoint, TokenSource};
 use crate::secrets::{API_TIMEOUT, format_time};
 use crate::{Error, Exit};
@@ -191,7 +192,23 @@ pub fn required_permissions(
 }
 
 fn config_detail(config: &Config) -> String {
-    let names: Vec<String> = config.secret_names().into_iter().collect();
+    // Each secret by name, with its format unless it is the default pull secret.
+    let mut formats: std::collections::BTreeMap<&str, std::collections::BTreeSet<Format>> =
+        std::collections::BTreeMap::new();
+    for s in &config.secrets {
+        formats.entry(s.name.as_str()).or_default().insert(s.format);
+    }
+    let names: Vec<String> = formats
+        .into_iter()
+        .map(|(name, of)| {
+            if of.iter().all(|f| *f == Format::Dockerconfigjson) {
+                name.to_owned()
+            } else {
+                let of: Vec<&str> = of.iter().map(|f| f.as_str()).collect();
+                format!("{name} ({})", of.join(", "))
+            }
+        })
+        .collect();
     format!(
         "secret{} {}; {} registr{}; {} token source{}; ServiceAccount patching {}",
         if names.len() == 1 { "" } else { "s" },
@@ -614,6 +631,32 @@ mod tests {
             "{needed:?}"
         );
         assert!(needed.contains(&"update secrets/regcred".to_owned()));
+    }
+
+    #[test]
+    fn per_host_secrets_are_checked_by_their_names_and_shown_with_their_format() {
+        let c = config(
+            "secrets:\n  - name: argo\n    format: argocd-repo-creds\n    registries: [public.ecr.aws]\n  - name: plain\n    format: basic-auth\n    registries: [public.ecr.aws]\n  - registries: [public.ecr.aws]\n",
+        );
+        let needed = described(&required_permissions(&c, Mode::Cronjob, "x", "regcred"));
+        for p in [
+            "patch secrets/argo-public.ecr.aws",
+            "delete secrets/plain",
+            "update secrets/regcred",
+        ] {
+            assert!(
+                needed.contains(&p.to_owned()),
+                "{p} missing from {needed:?}"
+            );
+        }
+        assert!(!needed.contains(&"patch secrets/argo".to_owned()));
+        assert!(
+            config_detail(&c).starts_with(
+                "secrets argo-public.ecr.aws (argocd-repo-creds), plain (basic-auth), regcred; 1 registry; 1 token source;"
+            ),
+            "{}",
+            config_detail(&c)
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum Command {
     Run(crate::controller::RunArgs),
     /// One full reconciliation pass over every selected namespace, then exit with a summary.
     Sync(crate::sync::SyncArgs),
-    /// Print the .dockerconfigjson, or a Secret manifest, for the configured registries.
+    /// Print the .dockerconfigjson, or Secret manifests in any format, for the configured registries.
     Render(crate::render::RenderArgs),
     /// Kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1).
     ///

@@ -13,6 +13,7 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+use crate::formats::{self, Format};
 use crate::namespaces::{Glob, LabelSelector, Selection};
 use crate::registry::{self, Registry, Role, TokenSource};
 
@@ -71,7 +72,9 @@ impl Default for Webhook {
     }
 }
 
-/// One managed Secret name and what goes in it, where.
+/// One managed Secret name and what goes in it, where. An entry of a per-host format
+/// (`argocd-repository`, `argocd-repo-creds`) stands for one of these per registry host
+/// ([`formats::expand`]).
 #[derive(Clone, Debug)]
 pub struct SecretConfig {
     pub name: SecretName,
@@ -79,6 +82,12 @@ pub struct SecretConfig {
     pub namespaces: Selection,
     pub service_accounts: ServiceAccounts,
     pub adopt: bool,
+    /// The shape the token is written in.
+    pub format: Format,
+    /// The configuration entry it comes from (`secrets[entry]`; 0 from flags), and that
+    /// entry's `name`.
+    pub entry: usize,
+    pub entry_name: SecretName,
 }
 
 /// A registry and the role (if any) to assume for its token.
@@ -180,6 +189,20 @@ impl Config {
         names
     }
 
+    /// Entry `index` of the configuration as written: its own name and all its registries
+    /// (the secrets of a per-host format put together again).
+    #[must_use]
+    pub fn entry(&self, index: usize) -> Option<SecretConfig> {
+        let mut of = self.secrets.iter().filter(|s| s.entry == index);
+        let first = of.next()?;
+        let mut entry = first.clone();
+        entry.name = first.entry_name.clone();
+        entry
+            .registries
+            .extend(of.flat_map(|s| s.registries.iter().cloned()));
+        Some(entry)
+    }
+
     /// Whether any secret patches ServiceAccounts.
     #[must_use]
     pub fn patches_service_accounts(&self) -> bool {
@@ -276,6 +299,10 @@ pub struct ConfigArgs {
     /// Take over an existing secret of the same name that regcred did not create.
     #[arg(long, env = "REGCRED_ADOPT")]
     pub adopt: bool,
+    /// What to write: dockerconfigjson (a pull secret), argocd-repository or
+    /// argocd-repo-creds (Argo CD, one secret per registry, named NAME-HOST), basic-auth.
+    #[arg(long, env = "REGCRED_SECRET_FORMAT", value_name = "FORMAT", value_parser = parse_format)]
+    pub secret_format: Option<Format>,
     /// A name regcred's secret had before (repeatable): its secrets of that name, and the
     /// references to them, are removed (RBAC must still allow that name).
     #[arg(
@@ -291,6 +318,10 @@ fn parse_registry(s: &str) -> Result<Registry, registry::Error> {
     Registry::parse(s)
 }
 
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
 impl ConfigArgs {
     fn has_secret_flags(&self) -> bool {
         !self.registries.is_empty()
@@ -300,6 +331,7 @@ impl ConfigArgs {
             || self.namespace_selector.is_some()
             || !self.service_accounts.is_empty()
             || self.adopt
+            || self.secret_format.is_some()
             || !self.former_names.is_empty()
     }
 
@@ -311,7 +343,8 @@ impl ConfigArgs {
                     flag: "config",
                     message: "cannot be combined with --registry, --secret-name, --namespace, \
                               --exclude-namespace, --namespace-selector, --service-account, \
-                              --adopt or --former-secret-name; put those in the file"
+                              --adopt, --secret-format or --former-secret-name; put those in the \
+                              file"
                         .into(),
                 });
             }
@@ -335,8 +368,10 @@ impl ConfigArgs {
             namespaces.exclude.clone_from(&self.exclude_namespaces);
         }
         namespaces.selector.clone_from(&self.namespace_selector);
+        let name = self.secret_name.clone().unwrap_or_default();
         let secret = SecretConfig {
-            name: self.secret_name.clone().unwrap_or_default(),
+            entry_name: name.clone(),
+            name,
             registries: self
                 .registries
                 .iter()
@@ -348,6 +383,8 @@ impl ConfigArgs {
             namespaces,
             service_accounts: ServiceAccounts::from_names(self.service_accounts.clone()),
             adopt: self.adopt,
+            format: self.secret_format.unwrap_or_default(),
+            entry: 0,
         };
         let mut hosts = BTreeSet::new();
         for r in &secret.registries {
@@ -358,15 +395,25 @@ impl ConfigArgs {
                 });
             }
         }
+        let secrets = formats::expand(secret).map_err(|problem| {
+            let (flag, message) = match problem {
+                formats::Problem::Registries(m) => ("registry", m),
+                formats::Problem::Registry(i, m) => {
+                    ("registry", format!("{}: {m}", self.registries[i].host()))
+                }
+                formats::Problem::ServiceAccounts(m) => ("service-account", m),
+            };
+            Error::Flag { flag, message }
+        })?;
         let former_names: BTreeSet<SecretName> = self.former_names.iter().cloned().collect();
-        if former_names.contains(&secret.name) {
+        if let Some(s) = secrets.iter().find(|s| former_names.contains(&s.name)) {
             return Err(Error::Flag {
                 flag: "former-secret-name",
-                message: format!("{} is the secret's name now", secret.name),
+                message: format!("{} is the secret's name now", s.name),
             });
         }
         Ok(Config {
-            secrets: vec![secret],
+            secrets,
             refresh: Refresh::default(),
             former_names,
             webhook: Webhook::default(),
@@ -503,6 +550,7 @@ macro_rules! deserialize_from_str {
 }
 
 deserialize_from_str!(
+    Format,
     Glob,
     LabelSelector,
     SecretName,
@@ -560,6 +608,8 @@ struct SecretEntry {
     adopt: bool,
     #[serde(default)]
     former_names: Vec<SecretName>,
+    #[serde(default)]
+    format: Format,
 }
 
 #[derive(Default, Deserialize)]
@@ -655,16 +705,67 @@ impl<'de> Deserialize<'de> for RegistryConfig {
     }
 }
 
+impl SecretEntry {
+    /// The secrets entry `i` stands for (one, or one per host), or why it is refused, with
+    /// the field at fault.
+    fn into_secrets(self, i: usize) -> Result<Vec<SecretConfig>, (String, String)> {
+        if self.registries.is_empty() {
+            return Err((
+                format!("secrets[{i}].registries"),
+                "at least one registry is needed".into(),
+            ));
+        }
+        let mut hosts = BTreeSet::new();
+        for (j, r) in self.registries.iter().enumerate() {
+            if !hosts.insert(r.registry.host()) {
+                return Err((
+                    format!("secrets[{i}].registries[{j}]"),
+                    format!("{} is listed twice", r.registry.host()),
+                ));
+            }
+        }
+        let mut namespaces = Selection::default();
+        if let Some(include) = self.namespaces.include {
+            namespaces.include = include;
+        }
+        if let Some(exclude) = self.namespaces.exclude {
+            namespaces.exclude = exclude;
+        }
+        namespaces.selector = self.namespaces.selector;
+        formats::expand(SecretConfig {
+            entry_name: self.name.clone(),
+            name: self.name,
+            registries: self.registries,
+            namespaces,
+            service_accounts: ServiceAccounts::from_names(self.service_accounts),
+            adopt: self.adopt,
+            format: self.format,
+            entry: i,
+        })
+        .map_err(|problem| match problem {
+            formats::Problem::Registries(m) => (format!("secrets[{i}].registries"), m),
+            formats::Problem::Registry(j, m) => (format!("secrets[{i}].registries[{j}]"), m),
+            formats::Problem::ServiceAccounts(m) => (format!("secrets[{i}].serviceAccounts"), m),
+        })
+    }
+}
+
 impl File {
     fn validate(self) -> Result<Config, (String, String)> {
         if self.secrets.is_empty() {
             return Err(("secrets".into(), "at least one entry is needed".into()));
         }
-        let current: BTreeSet<&SecretName> = self.secrets.iter().map(|s| &s.name).collect();
+        let mut former = Vec::new();
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, s) in self.secrets.into_iter().enumerate() {
+            former.push(s.former_names.clone());
+            secrets.extend(s.into_secrets(i)?);
+        }
+        let current: BTreeSet<&SecretName> = secrets.iter().map(|s| &s.name).collect();
         let mut former_names = BTreeSet::new();
-        for (i, s) in self.secrets.iter().enumerate() {
-            for (j, name) in s.former_names.iter().enumerate() {
-                if current.contains(name) {
+        for (i, names) in former.into_iter().enumerate() {
+            for (j, name) in names.into_iter().enumerate() {
+                if current.contains(&name) {
                     return Err((
                         format!("secrets[{i}].formerNames[{j}]"),
                         format!(
@@ -672,41 +773,8 @@ impl File {
                         ),
                     ));
                 }
-                former_names.insert(name.clone());
+                former_names.insert(name);
             }
-        }
-        let mut secrets = Vec::with_capacity(self.secrets.len());
-        for (i, s) in self.secrets.into_iter().enumerate() {
-            if s.registries.is_empty() {
-                return Err((
-                    format!("secrets[{i}].registries"),
-                    "at least one registry is needed".into(),
-                ));
-            }
-            let mut hosts = BTreeSet::new();
-            for (j, r) in s.registries.iter().enumerate() {
-                if !hosts.insert(r.registry.host()) {
-                    return Err((
-                        format!("secrets[{i}].registries[{j}]"),
-                        format!("{} is listed twice", r.registry.host()),
-                    ));
-                }
-            }
-            let mut namespaces = Selection::default();
-            if let Some(include) = s.namespaces.include {
-                namespaces.include = include;
-            }
-            if let Some(exclude) = s.namespaces.exclude {
-                namespaces.exclude = exclude;
-            }
-            namespaces.selector = s.namespaces.selector;
-            secrets.push(SecretConfig {
-                name: s.name,
-                registries: s.registries,
-                namespaces,
-                service_accounts: ServiceAccounts::from_names(s.service_accounts),
-                adopt: s.adopt,
-            });
         }
         let defaults = Refresh::default();
         let refresh = Refresh {
@@ -755,261 +823,4 @@ impl File {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::Target;
-
-    fn load(yaml: &str) -> Result<Config> {
-        Config::from_yaml(Path::new("regcred.yaml"), yaml)
-    }
-
-    fn field_error(yaml: &str) -> (String, String) {
-        match load(yaml) {
-            Err(Error::Field { field, message, .. }) => (field, message),
-            other => panic!("expected a field error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_spec_example_loads() {
-        let c = load(
-            r#"
-secrets:
-  - name: regcred
-    registries:
-      - 123456789012.dkr.ecr.us-east-1.amazonaws.com
-      - host: 210987654321.dkr.ecr.eu-west-1.amazonaws.com
-        roleArn: arn:aws:iam::210987654321:role/ecr-pull
-        externalId: team-a
-      - public.ecr.aws
-      - host: registry.internal.example:5000
-        accountId: "123456789012"
-        region: us-east-1
-    namespaces:
-      include: ["*"]
-      exclude: ["kube-system", "kube-public", "kube-node-lease"]
-      selector: "team=payments"
-    serviceAccounts: ["default"]
-    adopt: false
-refresh:
-  before: 6h
-  retryMin: 5s
-  retryMax: 5m
-"#,
-        )
-        .unwrap();
-        let s = &c.secrets[0];
-        assert_eq!(s.name.as_str(), "regcred");
-        assert_eq!(s.registries.len(), 4);
-        assert_eq!(
-            s.registries[1]
-                .role
-                .as_ref()
-                .unwrap()
-                .external_id
-                .as_deref(),
-            Some("team-a")
-        );
-        assert!(
-            matches!(&s.registries[3].registry.target, Target::Private { account, .. } if account == "123456789012")
-        );
-        assert_eq!(
-            s.service_accounts,
-            ServiceAccounts::Named(["default".to_owned()].into())
-        );
-        assert_eq!(c.refresh, Refresh::default());
-        // Two hosts in us-east-1 without a role share one source; eu-west-1 with a role and
-        // ECR Public are two more.
-        assert_eq!(c.token_sources().len(), 3);
-    }
-
-    #[test]
-    fn defaults_fill_the_rest() {
-        let c = load("secrets:\n  - registries: [public.ecr.aws]\n").unwrap();
-        let s = &c.secrets[0];
-        assert_eq!(s.name.as_str(), "regcred");
-        assert_eq!(s.namespaces, Selection::default());
-        assert!(s.service_accounts.is_none());
-        assert!(!s.adopt);
-        assert_eq!(c.webhook, Webhook::default());
-        assert!(!c.webhook.enabled, "the webhook is opt-in");
-        let on =
-            load("secrets:\n  - registries: [public.ecr.aws]\nwebhook: {enabled: true}\n").unwrap();
-        assert_eq!(
-            on.webhook,
-            Webhook {
-                enabled: true,
-                port: 9443
-            }
-        );
-        let all = load("secrets:\n  - registries: [public.ecr.aws]\n    serviceAccounts: ['*']\n")
-            .unwrap();
-        assert_eq!(all.secrets[0].service_accounts, ServiceAccounts::All);
-    }
-
-    #[test]
-    fn bad_values_name_their_field() {
-        let cases = [
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\n    adopts: true\n",
-                "secrets[0].adopts",
-                "unknown field `adopts`",
-            ),
-            ("secret: []\n", "secret", "unknown field `secret`"),
-            (
-                "secrets:\n  - registries: [docker.io]\n",
-                "secrets[0].registries[0]",
-                "not an ECR registry host",
-            ),
-            (
-                "secrets:\n  - registries: [{host: x.example:5000, accountId: '1', region: us-east-1}]\n",
-                "secrets[0].registries[0]",
-                "12 digits",
-            ),
-            (
-                "secrets:\n  - registries: [{host: x.example, region: us-east-1}]\n",
-                "secrets[0].registries[0]",
-                "accountId and region go together",
-            ),
-            (
-                "secrets:\n  - registries: [{host: public.ecr.aws, roleArn: nope}]\n",
-                "secrets[0].registries[0].roleArn",
-                "not an IAM role ARN",
-            ),
-            (
-                "secrets:\n  - registries: [{host: public.ecr.aws, rolearn: x}]\n",
-                "secrets[0].registries[0].rolearn",
-                "unknown field `rolearn`",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {include: ['Bad']}\n",
-                "secrets[0].namespaces.include[0]",
-                "glob",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\n    namespaces: {selector: 'a in b'}\n",
-                "secrets[0].namespaces.selector",
-                "label selector",
-            ),
-            (
-                "secrets:\n  - name: Reg_Cred\n    registries: [public.ecr.aws]\n",
-                "secrets[0].name",
-                "not a valid Secret name",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: soon}\n",
-                "refresh.before",
-                "not a duration",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: -5s}\n",
-                "refresh.retryMin",
-                "positive",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {before: 12h}\n",
-                "refresh.before",
-                "not shorter than",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 100ms}\n",
-                "refresh.retryMin",
-                "at least 1s",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\nrefresh: {retryMin: 10m, retryMax: 1m}\n",
-                "refresh.retryMin",
-                "longer than retryMax",
-            ),
-            (
-                "secrets:\n  - registries: []\n",
-                "secrets[0].registries",
-                "at least one",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws, PUBLIC.ECR.AWS]\n",
-                "secrets[0].registries[1]",
-                "listed twice",
-            ),
-            ("secrets: []\n", "secrets", "at least one"),
-            (
-                "secrets:\n  - name: a\n    registries: [public.ecr.aws]\n  - name: b\n    registries: [public.ecr.aws]\n    formerNames: [c, a]\n",
-                "secrets[1].formerNames[1]",
-                "a is the name of a secret now",
-            ),
-            (
-                "secrets:\n  - registries: [public.ecr.aws]\n    formerNames: [Old_Name]\n",
-                "secrets[0].formerNames[0]",
-                "not a valid Secret name",
-            ),
-        ];
-        for (yaml, field, message) in cases {
-            let (got_field, got_message) = field_error(yaml);
-            assert_eq!(got_field, field, "{yaml}");
-            assert!(got_message.contains(message), "{yaml}: {got_message}");
-        }
-        assert!(matches!(load("secrets: [\n"), Err(Error::Yaml { .. })));
-    }
-
-    #[test]
-    fn bad_webhook_values_name_their_field() {
-        let cases = [
-            (
-                "{enabled: true, port: 0}",
-                "webhook.port",
-                "0 is not a port (1 to 65535)",
-            ),
-            ("{port: 70000}", "webhook.port", "70000 is not a port"),
-            ("{port: '9443'}", "webhook.port", "\"9443\" is not a port"),
-            ("{enable: true}", "webhook.enable", "unknown field `enable`"),
-            ("{enabled: sure}", "webhook.enabled", "expected a boolean"),
-        ];
-        for (webhook, field, message) in cases {
-            let yaml = format!("secrets:\n  - registries: [public.ecr.aws]\nwebhook: {webhook}\n");
-            let (got_field, got_message) = field_error(&yaml);
-            assert_eq!(got_field, field, "{yaml}");
-            assert!(got_message.contains(message), "{yaml}: {got_message}");
-        }
-    }
-
-    #[test]
-    fn former_names_are_looked_after_too() {
-        let c = load(
-            "secrets:\n  - name: ecr\n    registries: [public.ecr.aws]\n    formerNames: [regcred, old]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.managed_names().into_iter().collect::<Vec<_>>(),
-            ["ecr", "old", "regcred"]
-        );
-        assert_eq!(c.secret_names().len(), 1);
-    }
-
-    #[test]
-    fn flags_describe_one_secret() {
-        let args = ConfigArgs {
-            registries: vec![Registry::parse("public.ecr.aws").unwrap()],
-            namespaces: vec!["team-*".parse().unwrap()],
-            service_accounts: vec!["default".parse().unwrap()],
-            adopt: true,
-            ..ConfigArgs::default()
-        };
-        let c = args.load().unwrap();
-        assert_eq!(c.secrets.len(), 1);
-        assert_eq!(c.secrets[0].namespaces.include[0].to_string(), "team-*");
-        assert_eq!(
-            c.secrets[0].namespaces.exclude,
-            Selection::default().exclude
-        );
-        assert!(c.secrets[0].adopt);
-        assert!(matches!(ConfigArgs::default().load(), Err(Error::Nothing)));
-        let both = ConfigArgs {
-            config: Some("x.yaml".into()),
-            ..args
-        };
-        assert!(matches!(
-            both.load(),
-            Err(Error::Flag { flag: "config", .. })
-        ));
-    }
-}
+mod tests;

@@ -2,7 +2,8 @@
 //!
 //! One binary, several modes (see [`cli::Command`]); this library holds all of it so tests
 //! reach every piece. Desired state is computed by pure functions (`dockerconfig`,
-//! `secrets`, `reconcile::plan`, `serviceaccounts`); I/O stays in thin layers around them.
+//! `formats`, `secrets`, `reconcile::plan`, `serviceaccounts`); I/O stays in thin layers
+//! around them.
 
 pub mod admin;
 pub mod check;
@@ -13,6 +14,7 @@ pub mod controller;
 pub mod dockerconfig;
 pub mod ecr;
 pub mod events;
+pub mod formats;
 pub mod k8s;
 pub mod lease;
 pub mod metrics;

@@ -277,11 +277,34 @@ mod tests {
             }],
             std::collections::BTreeMap::new(),
         );
+        // The same token as Argo CD and basic-auth secrets hold it: the password alone, in
+        // base64 as `data` carries it.
+        let plain: Vec<String> = [
+            crate::formats::Format::ArgocdRepository,
+            crate::formats::Format::BasicAuth,
+        ]
+        .into_iter()
+        .map(|format| {
+            let secret = crate::formats::desired(
+                format,
+                "regcred-public.ecr.aws",
+                "argocd",
+                &[crate::secrets::Served {
+                    host: "public.ecr.aws",
+                    token: &token,
+                }],
+                std::collections::BTreeMap::new(),
+            );
+            serde_json::to_string(&secret).unwrap()
+        })
+        .collect();
         // The API server's answer for that Secret (`data` is base64 of the document), as a
         // client logs it when it cannot decode it; with its slashes escaped, as some JSON
         // writers do; and Debug-formatted.
         let body = serde_json::to_string(&secret).unwrap();
         let lines = [
+            plain[0].clone(),
+            plain[1].replace('/', "\\/"),
             format!("{body}, Error(\"missing field `kind`\", line: 1, column: 420)"),
             body.replace('/', "\\/"),
             format!("{body:?}"),

@@ -165,7 +165,7 @@ node_plugin() {
 # ---------------------------------------------------------------------------- host state
 
 node_prepare_host() {
-  local p h
+  local p h adopted=0
   # What the node will create outside $NODE, recorded once so teardown removes only that.
   if [ ! -e "$NODE/created" ]; then
     : >"$NODE/created.tmp"
@@ -176,7 +176,17 @@ node_prepare_host() {
   for h in "$CGROUP_FS"/*/; do
     h=${h%/}
     mountpoint -q "$h" || continue
-    [ -d "$h$CGROUP_ROOT" ] && continue
+    grep -qxF "cgroup $h$CGROUP_ROOT" "$NODE/created" && continue
+    if [ -d "$h$CGROUP_ROOT" ]; then
+      # Left by a stack that was killed before its teardown (its state folder may be gone,
+      # as in a fresh checkout): ours by name, so adopt it for teardown, unless a node runs
+      # in it now.
+      [ -z "$(find "$h$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] ||
+        die "cgroup $h$CGROUP_ROOT has processes: another regcred test node runs on this machine (REGCRED_TEST_NODE=off, or stop it first)"
+      echo "cgroup $h$CGROUP_ROOT" >>"$NODE/created"
+      adopted=1
+      continue
+    fi
     echo "cgroup $h$CGROUP_ROOT" >>"$NODE/created"
     # The v2 part of the hybrid: the kubelet makes its folders there itself.
     [ "$(basename "$h")" = unified ] && continue
@@ -186,6 +196,7 @@ node_prepare_host() {
       cat "$h/cpuset.mems" >"$h$CGROUP_ROOT/cpuset.mems"
     fi
   done
+  [ $adopted = 0 ] || log "adopted the cgroups $CGROUP_ROOT an earlier stack left behind (killed before its teardown); down removes them"
 }
 
 node_images() {

@@ -482,7 +482,7 @@ fn the_admission_policy_holds_the_charts_service_account_to_regcreds_secrets() {
     assert_eq!(variables[0]["expression"], r#"["a","b","c"]"#);
     assert_eq!(
         variables[1]["expression"],
-        r#"["kubernetes.io/dockerconfigjson"]"#
+        r#"{"a":["kubernetes.io/dockerconfigjson"],"b":["kubernetes.io/dockerconfigjson"],"c":["kubernetes.io/dockerconfigjson"]}"#
     );
     assert_eq!(
         policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
@@ -491,6 +491,89 @@ fn the_admission_policy_holds_the_charts_service_account_to_regcreds_secrets() {
     let off = render(&json!({"admissionPolicy": {"enabled": false}}));
     assert!(!kinds(&off).contains("ValidatingAdmissionPolicy"));
     assert!(!kinds(&off).contains("ValidatingAdmissionPolicyBinding"));
+}
+
+/// Entries of every format, with hosts as people write them (upper case, a port, spaces):
+/// the chart names in its RBAC and its admission policy exactly the secrets regcred derives
+/// from the same configuration, each with the one type regcred writes under that name.
+#[test]
+fn the_chart_derives_regcreds_own_names_and_types_for_every_format() {
+    let secrets = json!([
+        {"name": "pull", "registries": ["public.ecr.aws"], "formerNames": ["old-pull"]},
+        {"name": "argo", "format": "argocd-repository", "registries": [
+            "123456789012.DKR.ecr.us-east-1.amazonaws.com",
+            {"host": " Charts.Internal.Example:5000", "accountId": "123456789012", "region": "us-east-1"},
+        ]},
+        {"name": "argo", "format": "argocd-repo-creds", "namespaces": {"include": ["ci"]},
+         "registries": ["210987654321.dkr.ecr.eu-west-1.amazonaws.com"]},
+        {"name": "tekton", "format": "basic-auth", "registries": ["public.ecr.aws"]},
+        {"format": "argocd-repo-creds", "registries": ["public.ecr.aws"]},
+    ]);
+    let objects = render(&secrets_values(&secrets));
+    let text = one(&objects, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    let config = regcred::config::Config::from_yaml(Path::new("config.yaml"), text)
+        .expect("regcred accepts it");
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in &config.secrets {
+        want.entry(s.name.to_string())
+            .or_default()
+            .insert(s.format.secret_type().to_owned());
+    }
+    for name in &config.former_names {
+        want.entry(name.to_string())
+            .or_default()
+            .insert("kubernetes.io/dockerconfigjson".to_owned());
+    }
+    assert_eq!(
+        want.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "argo-123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "argo-210987654321.dkr.ecr.eu-west-1.amazonaws.com",
+            "argo-charts.internal.example-5000",
+            "old-pull",
+            "pull",
+            "regcred-public.ecr.aws",
+            "tekton",
+        ]
+    );
+    let names: Vec<&str> = want.keys().map(String::as_str).collect();
+    assert_eq!(
+        rules(one(&objects, "ClusterRole")),
+        chart_cluster_rules(&names, false)
+    );
+    let policy = one(&objects, "ValidatingAdmissionPolicy");
+    let types: BTreeMap<String, BTreeSet<String>> = serde_json::from_str(
+        policy["spec"]["variables"][1]["expression"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(types, want);
+    assert_eq!(
+        types["tekton"],
+        BTreeSet::from(["kubernetes.io/basic-auth".to_owned()])
+    );
+
+    // What regcred would refuse, the chart refuses first.
+    for (entry, complaint) in [
+        (
+            json!({"format": "basic-auth", "registries": ["public.ecr.aws", "123456789012.dkr.ecr.us-east-1.amazonaws.com"]}),
+            "config.secrets[0].registries: format basic-auth holds one registry's",
+        ),
+        (
+            json!({"format": "argocd-repository", "registries": ["public.ecr.aws"], "serviceAccounts": ["default"]}),
+            "config.secrets[0].serviceAccounts: only a dockerconfigjson secret can be an image pull secret",
+        ),
+        (
+            json!({"format": "argocd", "registries": ["public.ecr.aws"]}),
+            "at '/config/secrets/0/format'",
+        ),
+    ] {
+        let err = render_fails(&secrets_values(&json!([entry])));
+        assert!(err.contains(complaint), "{entry}: {err}");
+    }
 }
 
 /// The token and selection alerts count only the leader's series.

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use common::helm::install_policy;
+use common::helm::{install_policy, install_policy_for};
 use common::*;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
@@ -314,5 +314,70 @@ async fn without_the_admission_policy_that_row_fails_with_a_hint() {
             .await
             .is_none(),
         "the probe was a dry run"
+    );
+}
+
+/// `check` knows the formats: it asks for each secret an entry stands for (per registry
+/// host for the Argo CD formats) and shows each with its format; with the chart's rules for
+/// those names everything passes, and without one of them exactly that row fails.
+#[tokio::test]
+async fn the_secrets_of_every_format_are_checked_by_their_own_names() {
+    let admin = stack().admin().await;
+    let (argo, plain) = (unique("argo"), unique("plain"));
+    let derived = format!("{argo}-{PRIVATE}");
+    let (_dir, config) = config_file(&format!(
+        "secrets:\n  - name: {argo}\n    format: argocd-repository\n    registries: [{PRIVATE}]\n  - name: {plain}\n    format: basic-auth\n    registries: [public.ecr.aws]\n"
+    ));
+    let run = |who: &Identity| {
+        let (mut cmd, _) = regcred(who);
+        let out = cmd
+            .args(["check", "--mode", "cronjob", "--output", "json", "--config"])
+            .arg(&config)
+            .args(["--lease-namespace", &who.namespace])
+            .output()
+            .unwrap();
+        (out.status.code(), json_report(&out))
+    };
+    let who = chart_identity(&admin, &[&derived, &plain], false).await;
+    let secrets = json!([
+        {"name": argo, "format": "argocd-repository", "registries": [PRIVATE]},
+        {"name": plain, "format": "basic-auth", "registries": ["public.ecr.aws"]},
+    ]);
+    install_policy_for(&who, &secrets, &plain).await;
+    let (code, report) = run(&who);
+    assert_eq!(code, Some(0), "{report:#}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        format!("can patch secrets/{derived}"),
+        format!("can delete secrets/{plain}"),
+    ] {
+        assert!(names.contains(&expected.as_str()), "{expected}: {names:?}");
+    }
+    assert!(!names.contains(&format!("can patch secrets/{argo}").as_str()));
+    let config_row = report["checks"][0]["detail"].as_str().unwrap();
+    assert!(
+        config_row.starts_with(&format!(
+            "secrets {derived} (argocd-repository), {plain} (basic-auth);"
+        )),
+        "{config_row}"
+    );
+
+    // The entry's own name is not enough: the derived name is what regcred writes.
+    let who = chart_identity(&admin, &[&argo, &plain], false).await;
+    install_policy_for(&who, &secrets, &plain).await;
+    let (code, report) = run(&who);
+    assert_eq!(code, Some(1));
+    let failed = failed_names(&report);
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.ends_with(&format!("secrets/{derived}"))),
+        "{failed:?}"
     );
 }

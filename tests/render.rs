@@ -190,3 +190,105 @@ fn an_aws_failure_exits_1_with_nothing_printed() {
         stderr(&out)
     );
 }
+
+/// Every format as manifests: one Secret per registry for the Argo CD formats, in the
+/// entry's own format with `--format secret` or in any other with its name; all accepted by
+/// the API server; one token call per source; basic-auth of two registries refused (exit 2,
+/// nothing printed, no AWS call).
+#[test]
+fn every_format_renders_manifests_the_api_server_accepts() {
+    let (_dir, config) = config_file(&format!(
+        "secrets:\n  - name: argo\n    format: argocd-repository\n    registries:\n{}      - public.ecr.aws\n",
+        registry_alias_yaml()
+    ));
+    let registry = stack().var("REGCRED_TEST_REGISTRY");
+    let alias_name = format!("argo-{}", registry.replace(':', "-"));
+    let namespace = unique("render-formats");
+    let created = kubectl_admin(&["create", "namespace", &namespace]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    for (format, secret, names, type_, argocd) in [
+        (
+            "secret",
+            None,
+            vec![alias_name.as_str(), "argo-public.ecr.aws"],
+            "Opaque",
+            Some("repository"),
+        ),
+        (
+            "argocd-repo-creds",
+            None,
+            vec![alias_name.as_str(), "argo-public.ecr.aws"],
+            "Opaque",
+            Some("repo-creds"),
+        ),
+        (
+            "basic-auth",
+            Some("argo-public.ecr.aws"),
+            vec!["argo"],
+            "kubernetes.io/basic-auth",
+            None,
+        ),
+    ] {
+        let mut args = vec!["--format", format, "--target-namespace", &namespace];
+        if let Some(s) = secret {
+            args.extend(["--secret", s]);
+        }
+        let (out, key) = render(&config, &args);
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
+        let manifests: Vec<Value> = serde_saphyr::from_multiple(&stdout(&out)).expect("YAML");
+        let got: Vec<&str> = manifests
+            .iter()
+            .map(|m| m["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, names, "{format}");
+        let sources = if names.len() == 2 { 2 } else { 1 };
+        assert_eq!(stack().token_calls(&key), sources, "{format}");
+        for m in &manifests {
+            assert_eq!(m["kind"], "Secret");
+            assert_eq!(m["type"], type_, "{format}");
+            assert_eq!(
+                m["metadata"]["labels"]
+                    .get("argocd.argoproj.io/secret-type")
+                    .and_then(Value::as_str),
+                argocd,
+                "{format}"
+            );
+            let password = base64::engine::general_purpose::STANDARD
+                .decode(m["data"]["password"].as_str().expect("a password"))
+                .unwrap();
+            let info = stack()
+                .token_info(std::str::from_utf8(&password).unwrap())
+                .expect("a password the fake AWS issued");
+            assert!(info.valid, "{format}");
+            assert!(!stderr(&out).contains(std::str::from_utf8(&password).unwrap()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets.yaml");
+        std::fs::write(&file, &out.stdout).unwrap();
+        let applied = kubectl_admin(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()]);
+        assert!(applied.status.success(), "{format}: {}", stderr(&applied));
+        assert_eq!(
+            stdout(&applied).matches("created (server dry run)").count(),
+            names.len(),
+            "{format}: {}",
+            stdout(&applied)
+        );
+    }
+    let (out, key) = render(&config, &["--format", "basic-auth"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("--format basic-auth: secret argo: format basic-auth holds one registry's username and password, and this entry lists 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stack().token_calls(&key), 0);
+}
+
+fn kubectl_admin(args: &[&str]) -> Output {
+    Command::new(stack().var("REGCRED_TEST_KUBECTL"))
+        .args(args)
+        .env("KUBECONFIG", stack().var("KUBECONFIG"))
+        .output()
+        .expect("run kubectl")
+}

@@ -1109,6 +1109,21 @@ fn bad_config_files() -> Vec<(String, &'static str)> {
             "secrets[0].serviceAccounts[0]",
         ),
         ("secrets: {a: 1}\n".to_owned(), "secrets"),
+        (entry("    format: argocd\n"), "secrets[0].format"),
+        (
+            format!(
+                "secrets:\n  - format: basic-auth\n    registries: [{ECR_HOST}, public.ecr.aws]\n"
+            ),
+            "secrets[0].registries: format basic-auth holds one registry's",
+        ),
+        (
+            entry("    format: argocd-repository\n    serviceAccounts: [default]\n"),
+            "secrets[0].serviceAccounts: only a dockerconfigjson secret",
+        ),
+        (
+            entry(&format!("    format: argocd-repo-creds\n    name: {}\n", "n".repeat(230))),
+            "secrets[0].registries[0]",
+        ),
     ]
 }
 
@@ -1146,6 +1161,21 @@ fn bad_flags() -> Vec<(Vec<&'static str>, &'static str)> {
             "--log-level",
         ),
         (vec!["--registry", good, "--bogus"], "--bogus"),
+        (
+            vec!["--registry", good, "--secret-format", "helm"],
+            "--secret-format",
+        ),
+        (
+            vec![
+                "--registry",
+                good,
+                "--registry",
+                "public.ecr.aws",
+                "--secret-format",
+                "basic-auth",
+            ],
+            "--registry: format basic-auth holds one registry's",
+        ),
         (vec!["--registry", good, "--registry", good], "--registry"),
         (vec!["--secret-name", "regcred"], "--registry"),
         (vec![], "--registry"),

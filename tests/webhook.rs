@@ -41,14 +41,14 @@ async fn setup() -> Setup {
     let id = unique("wh");
     let secret = unique("pull");
     let configuration = unique("regcred-webhook");
-    let tls_secret = "regcred-webhook-tls".to_owned();
-    let who = chart_identity_with_webhook(
-        &admin,
-        &[&secret, &format!("{secret}-web")],
-        &configuration,
-        &tls_secret,
-    )
-    .await;
+    // The names a release `<fullname>` gives the certificate's Secret and the policy.
+    let fullname = unique("regcred");
+    let tls_secret = format!("{fullname}-webhook-tls");
+    let secrets = [secret.clone(), format!("{secret}-web")];
+    let names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let who = chart_identity_with_webhook(&admin, &names, &configuration, &tls_secret).await;
+    // The chart's admission policy holds regcred to what it writes, its certificate included.
+    common::helm::install_policy_with_webhook(&who, &names, &fullname).await;
     Setup {
         admin,
         who,

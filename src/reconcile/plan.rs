@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 
 use crate::config::{Config, SecretConfig};
 use crate::ecr::Token;
+use crate::formats;
 use crate::namespaces::Verdict;
 use crate::registry::TokenSource;
-use crate::secrets::{self, Served, Stored};
+use crate::secrets::{Served, Stored};
 
 /// Which configuration entry, if any, serves a secret name in a namespace.
 #[derive(Debug)]
@@ -20,7 +21,8 @@ pub enum Assignment<'a> {
     Remove,
     /// The namespace is being deleted.
     Skip,
-    /// Two entries with the same secret name select the namespace.
+    /// Two entries with the same secret name select the namespace (their indices in the
+    /// configuration file).
     Conflict(Vec<usize>),
 }
 
@@ -49,7 +51,8 @@ pub fn assign<'a>(config: &'a Config, ns: &Namespace, name: &str) -> Assignment<
         _ if terminating => Assignment::Skip,
         [] => Assignment::Remove,
         [i] => Assignment::Serve(&config.secrets[*i]),
-        _ => Assignment::Conflict(serving),
+        // Named by the entries of the configuration they come from.
+        _ => Assignment::Conflict(serving.iter().map(|i| config.secrets[*i].entry).collect()),
     }
 }
 
@@ -82,7 +85,8 @@ pub enum Step {
         secret: Box<Secret>,
         over: Option<String>,
     },
-    /// A managed secret of the wrong type: its type cannot change in place.
+    /// A managed secret of the wrong type (its entry's format changed under the same name):
+    /// a type cannot change in place, so the secret is deleted and created again.
     Replace {
         secret: Box<Secret>,
         resource_version: Option<String>,
@@ -102,6 +106,7 @@ pub fn plan(
     before: jiff::SignedDuration,
     freshness: Freshness,
 ) -> Step {
+    let format = spec.format;
     let hosts: BTreeSet<&str> = spec.registries.iter().map(|r| r.registry.host()).collect();
     let resource_version = stored.and_then(Stored::resource_version);
     if let Some(s) = stored {
@@ -109,13 +114,15 @@ pub fn plan(
         if !managed && !spec.adopt {
             return Step::Foreign;
         }
-        if !managed && !s.has_pull_secret_type() {
+        if !managed && !format.has_type(s) {
             return Step::CannotAdopt(format!(
                 "it has type {:?}, which cannot be changed in place; delete it and regcred will create its own",
                 s.type_().unwrap_or_default()
             ));
         }
-        if freshness == Freshness::SoundAndFresh && s.is_sound_and_fresh(&hosts, now, before) {
+        if freshness == Freshness::SoundAndFresh
+            && formats::is_sound_and_fresh(format, s, &hosts, now, before)
+        {
             return Step::Unchanged;
         }
     }
@@ -137,19 +144,22 @@ pub fn plan(
     if !missing.is_empty() {
         return Step::NeedsTokens(missing);
     }
-    let kept = stored.map(|s| s.kept_entries(&hosts)).unwrap_or_default();
-    let desired = Box::new(secrets::desired(
+    let kept = stored
+        .map(|s| formats::kept_entries(format, s, &hosts))
+        .unwrap_or_default();
+    let desired = Box::new(formats::desired(
+        format,
         spec.name.as_str(),
         namespace,
         &served,
         kept,
     ));
     match stored {
-        Some(s) if s.is_managed() && !s.has_pull_secret_type() => Step::Replace {
+        Some(s) if s.is_managed() && !format.has_type(s) => Step::Replace {
             secret: desired,
             resource_version,
         },
-        Some(s) if s.is_current(&desired) => Step::Unchanged,
+        Some(s) if formats::is_current(format, s, &desired) => Step::Unchanged,
         _ => Step::Apply {
             secret: desired,
             over: resource_version,
@@ -162,6 +172,7 @@ mod tests {
     use super::*;
     use crate::dockerconfig::Credential;
     use crate::registry::Registry;
+    use crate::secrets;
     use jiff::SignedDuration;
     use kube::api::ObjectMeta;
 
@@ -367,6 +378,79 @@ mod tests {
                 Freshness::Exact
             ),
             Step::CannotAdopt(_)
+        ));
+    }
+
+    #[test]
+    fn each_format_plans_its_own_shape_and_adopts_only_its_own_type() {
+        let now = Timestamp::now();
+        let six = SignedDuration::from_hours(6);
+        let tokens = view("pw", now + SignedDuration::from_hours(12));
+        let argo = config("    format: argocd-repository\n    adopt: true\n");
+        let spec = &argo.secrets[0];
+        assert_eq!(spec.name.as_str(), format!("regcred-{HOST}"));
+        let created = written(plan(
+            spec,
+            "argocd",
+            None,
+            &tokens,
+            now,
+            six,
+            Freshness::Exact,
+        ));
+        assert_eq!(created.type_.as_deref(), Some("Opaque"));
+        assert!(matches!(
+            plan(
+                spec,
+                "argocd",
+                Some(&Stored::of(created.clone())),
+                &tokens,
+                now,
+                six,
+                Freshness::Exact
+            ),
+            Step::Unchanged
+        ));
+        // Someone's Opaque secret of that name is taken over (adopt: true); a pull secret of
+        // that name cannot become one.
+        let theirs = Secret {
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        };
+        assert!(matches!(
+            plan(
+                spec,
+                "argocd",
+                Some(&Stored::of(theirs.clone())),
+                &tokens,
+                now,
+                six,
+                Freshness::Exact
+            ),
+            Step::Apply { .. }
+        ));
+        let pull = Secret {
+            type_: Some(secrets::SECRET_TYPE.into()),
+            ..Secret::default()
+        };
+        assert!(matches!(
+            plan(spec, "argocd", Some(&Stored::of(pull)), &tokens, now, six, Freshness::Exact),
+            Step::CannotAdopt(why) if why.contains("kubernetes.io/dockerconfigjson")
+        ));
+        // regcred's own secret of another shape under the same name: the format changed.
+        let mut was_basic = created.clone();
+        was_basic.type_ = Some("kubernetes.io/basic-auth".into());
+        assert!(matches!(
+            plan(
+                spec,
+                "argocd",
+                Some(&Stored::of(was_basic.clone())),
+                &tokens,
+                now,
+                six,
+                Freshness::SoundAndFresh
+            ),
+            Step::Replace { .. }
         ));
     }
 

@@ -121,6 +121,29 @@ pub fn given_back(stored: &Secret) -> Option<Secret> {
     Some(back)
 }
 
+/// The metadata of every secret regcred writes, whatever its shape: its label, the earliest
+/// expiry among the served registries and their hosts.
+#[must_use]
+pub fn metadata(name: &str, namespace: &str, served: &[Served<'_>]) -> ObjectMeta {
+    let expires_at = served.iter().map(|s| s.token.expires_at).min();
+    let hosts: BTreeSet<&str> = served.iter().map(|s| s.host).collect();
+    let mut annotations = BTreeMap::new();
+    if let Some(t) = expires_at {
+        annotations.insert(EXPIRES_AT_ANNOTATION.to_owned(), format_time(t));
+    }
+    annotations.insert(
+        REGISTRIES_ANNOTATION.to_owned(),
+        hosts.into_iter().collect::<Vec<_>>().join(","),
+    );
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into()),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
 /// The secret regcred wants in a namespace: served registries with their tokens, plus the
 /// entries it keeps from the stored one.
 #[must_use]
@@ -135,24 +158,8 @@ pub fn desired(
     for s in served {
         auths.insert(s.host.to_owned(), Entry::Ours(s.token.credential.clone()));
     }
-    let expires_at = served.iter().map(|s| s.token.expires_at).min();
-    let hosts: BTreeSet<&str> = served.iter().map(|s| s.host).collect();
-    let mut annotations = BTreeMap::new();
-    if let Some(t) = expires_at {
-        annotations.insert(EXPIRES_AT_ANNOTATION.to_owned(), format_time(t));
-    }
-    annotations.insert(
-        REGISTRIES_ANNOTATION.to_owned(),
-        hosts.into_iter().collect::<Vec<_>>().join(","),
-    );
     Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into()),
-            annotations: Some(annotations),
-            ..ObjectMeta::default()
-        },
+        metadata: metadata(name, namespace, served),
         type_: Some(SECRET_TYPE.to_owned()),
         data: Some(
             [(

@@ -5,8 +5,9 @@
 //! payload: the label, the type, the expiry, a digest of the registries annotation and of
 //! each data value, whether the served entries are sound, the resourceVersion and uid. The
 //! whole secret is kept only where a decision needs more: someone else's secret (adoption
-//! keeps its other entries) and one holding entries for registries regcred does not serve
-//! (kept on every write, given back on release) — rare, and small in number.
+//! keeps its other entries), one holding entries for registries regcred does not serve
+//! (kept on every write, given back on release) and a secret of another format than the pull
+//! secret (Argo CD's, basic-auth: per host, in a namespace or two) — rare, and small in number.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,9 +107,10 @@ pub struct Stored {
 }
 
 /// Whether a secret holds `auths` entries for hosts its registries annotation does not
-/// list (those regcred keeps and gives back), or is not regcred's at all.
+/// list (those regcred keeps and gives back), is not regcred's at all, or is not a pull
+/// secret (the other formats' few secrets are judged whole, see [`crate::formats`]).
 fn needs_content(secret: &Secret) -> bool {
-    if !super::is_managed(secret) {
+    if !super::is_managed(secret) || secret.type_.as_deref() != Some(SECRET_TYPE) {
         return true;
     }
     let Some(Ok(auths)) = payload(secret).map(dockerconfig::parse) else {

@@ -117,7 +117,8 @@ pub fn wanted_secrets(
     images: &[&str],
 ) -> Result<BTreeSet<String>, NeedLabels> {
     let mut wanted = BTreeSet::new();
-    for entry in &config.secrets {
+    // Only a pull secret: pods cannot pull with any other shape.
+    for entry in config.secrets.iter().filter(|e| e.format.is_pull_secret()) {
         let serves = images.iter().any(|image| {
             entry
                 .registries
@@ -324,6 +325,17 @@ mod tests {
             wanted_secrets(&c, "kube-public", None, &[&format!("{ECR}/x")])
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_pull_secrets_are_injected() {
+        let c = config(&format!(
+            "secrets:\n  - name: argo\n    format: argocd-repository\n    registries: [{ECR}]\n  - name: plain\n    format: basic-auth\n    registries: [{ECR}]\n  - name: pull\n    registries: [{ECR}]\n"
+        ));
+        assert_eq!(
+            wanted_secrets(&c, "default", None, &[&format!("{ECR}/app:1")]).unwrap(),
+            BTreeSet::from(["pull".to_owned()])
         );
     }
 

@@ -170,19 +170,67 @@ pub fn install(release: &str, namespace: &str, values: &Value) {
 /// had made that ServiceAccount, with these secret names (a release of its own names them).
 /// Returns once the API server enforces it.
 pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
-    let secrets: Vec<Value> = secret_names
+    let release = super::unique("policy");
+    install_policy_with(
+        who,
+        &pull_secrets(secret_names),
+        secret_names[0],
+        &release,
+        false,
+    )
+    .await;
+}
+
+/// The same for a release named `fullname` (its objects' names), with the admission
+/// webhook's own certificate on: the policy then also admits the Secret
+/// `<fullname>-webhook-tls` in `who`'s namespace.
+pub async fn install_policy_with_webhook(
+    who: &super::Identity,
+    secret_names: &[&str],
+    fullname: &str,
+) {
+    install_policy_with(
+        who,
+        &pull_secrets(secret_names),
+        secret_names[0],
+        fullname,
+        true,
+    )
+    .await;
+}
+
+/// The same for a configuration's `secrets` (any formats): `probe` is one of the secret
+/// names they stand for, whose token-secret twin must be refused.
+pub async fn install_policy_for(who: &super::Identity, secrets: &Value, probe: &str) {
+    install_policy_with(who, secrets, probe, &super::unique("policy"), false).await;
+}
+
+/// Pull-secret entries of these names, as a configuration's `secrets`.
+fn pull_secrets(names: &[&str]) -> Value {
+    names
         .iter()
         .map(|n| json!({"name": n, "registries": ["public.ecr.aws"]}))
-        .collect();
+        .collect()
+}
+
+async fn install_policy_with(
+    who: &super::Identity,
+    secrets: &Value,
+    probe: &str,
+    fullname: &str,
+    webhook: bool,
+) {
     let values = json!({
+        "fullnameOverride": fullname,
         "serviceAccount": {"create": false, "name": who.name},
         "config": {"secrets": secrets},
+        "webhook": {"enabled": webhook},
     });
     let file = values_file(&values);
-    let release = super::unique("policy");
+    let release = fullname;
     let out = helm(&[
         "template",
-        &release,
+        release,
         chart_dir().to_str().unwrap(),
         "--namespace",
         &who.namespace,
@@ -203,7 +251,7 @@ pub async fn install_policy(who: &super::Identity, secret_names: &[&str]) {
         type_: Some("kubernetes.io/service-account-token".into()),
         ..Default::default()
     };
-    token.metadata.name = Some(secret_names[0].to_owned());
+    token.metadata.name = Some(probe.to_owned());
     token.metadata.annotations = Some(
         [(
             "kubernetes.io/service-account.name".to_owned(),

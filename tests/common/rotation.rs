@@ -262,23 +262,43 @@ async fn delete_namespaces(admin: &kube::Client, names: &[String]) {
     }
 }
 
-/// Streams pods of the private image through the `default` ServiceAccount of `names`.
-async fn stream_through_default(
+/// Streams pods `<tag>-<i>` of `image` naming `secrets` (none: the `default`
+/// ServiceAccount's, or the kubelet's plugin) through `names` for the scenario's time.
+async fn stream(
     admin: &kube::Client,
     names: Arc<Mutex<Vec<String>>>,
     settings: &Settings,
     tag: &'static str,
+    image: &str,
+    secrets: &[&str],
 ) -> Tally {
-    let image = private_image();
     stream_pods(
         admin,
         names,
         settings.every,
         settings.during(),
         Duration::from_mins(1),
-        |i| app_pod(&format!("{tag}-{i}"), &image, None, &[]),
+        |i| app_pod(&format!("{tag}-{i}"), image, None, secrets),
     )
     .await
+}
+
+/// The outcome of a scenario: its tally, the kubelet's pull-failure Events in its
+/// namespaces, and its token calls.
+async fn outcome(
+    admin: &kube::Client,
+    mode: &'static str,
+    tally: Tally,
+    namespaces: Vec<String>,
+    token_calls: u64,
+) -> Outcome {
+    Outcome {
+        mode,
+        events: pull_failure_events(admin, &namespaces).await,
+        token_calls,
+        tally,
+        namespaces,
+    }
 }
 
 /// a. `regcred run`, installed by the chart, patching every namespace's `default`
@@ -309,19 +329,21 @@ pub async fn controller(settings: Settings) -> (Outcome, Vec<String>) {
             shared.lock().unwrap().push(later);
         })
     };
-    let tally = stream_through_default(&admin, shared, &settings, "ctl").await;
+    let tally = stream(&admin, shared, &settings, "ctl", &private_image(), &[]).await;
     adder.await.unwrap();
     names.push(later);
-    let outcome = Outcome {
-        mode: "regcred controller (chart, `run`)",
-        events: pull_failure_events(&admin, &names).await,
-        token_calls: stack().token_calls(&key),
+    let mode = "regcred controller (chart, `run`)";
+    let measured = outcome(
+        &admin,
+        mode,
         tally,
-        namespaces: names.clone(),
-    };
+        names.clone(),
+        stack().token_calls(&key),
+    )
+    .await;
     drop(release);
     delete_namespaces(&admin, &names).await;
-    (outcome, names)
+    (measured, names)
 }
 
 /// b. `regcred sync` as the chart's CronJob, every minute.
@@ -341,17 +363,19 @@ pub async fn cronjob(settings: Settings) -> Outcome {
         wait_patched(&admin, ns, "default", secret, Duration::from_mins(1)).await;
     }
     let shared = Arc::new(Mutex::new(names.clone()));
-    let tally = stream_through_default(&admin, shared, &settings, "cron").await;
-    let outcome = Outcome {
-        mode: "regcred CronJob (chart, `sync` every minute)",
-        events: pull_failure_events(&admin, &names).await,
-        token_calls: stack().token_calls(&key),
+    let tally = stream(&admin, shared, &settings, "cron", &private_image(), &[]).await;
+    let mode = "regcred CronJob (chart, `sync` every minute)";
+    let measured = outcome(
+        &admin,
+        mode,
         tally,
-        namespaces: names.clone(),
-    };
+        names.clone(),
+        stack().token_calls(&key),
+    )
+    .await;
     drop(release);
     delete_namespaces(&admin, &names).await;
-    outcome
+    measured
 }
 
 /// c. The kubelet asks `regcred credential-provider` (the shipped example config) for an
@@ -371,24 +395,12 @@ pub async fn credential_provider(settings: Settings) -> Outcome {
         s.var("REGCRED_TEST_IMAGE_PATH")
     );
     let shared = Arc::new(Mutex::new(names.clone()));
-    let tally = stream_pods(
-        &admin,
-        shared,
-        settings.every,
-        settings.during(),
-        Duration::from_mins(1),
-        |i| app_pod(&format!("kubelet-{i}"), &image, None, &[]),
-    )
-    .await;
-    let outcome = Outcome {
-        mode: "regcred credential-provider (kubelet plugin)",
-        events: pull_failure_events(&admin, &names).await,
-        token_calls: s.token_calls(&key) - before,
-        tally,
-        namespaces: names.clone(),
-    };
+    let tally = stream(&admin, shared, &settings, "kubelet", &image, &[]).await;
+    let mode = "regcred credential-provider (kubelet plugin)";
+    let calls = s.token_calls(&key) - before;
+    let measured = outcome(&admin, mode, tally, names.clone(), calls).await;
     delete_namespaces(&admin, &names).await;
-    outcome
+    measured
 }
 
 /// Runs `bench/baseline-cron.sh` once for these namespaces, as the usual cron job does.
@@ -428,23 +440,17 @@ pub async fn baseline(settings: Settings, interval: Duration) -> Outcome {
     };
     let image = private_image();
     let shared = Arc::new(Mutex::new(names.clone()));
-    let tally = stream_pods(
+    let tally = stream(&admin, shared, &settings, "script", &image, &[SECRET]).await;
+    runner.await.unwrap();
+    let mode = "usual cron script (delete + create)";
+    let measured = outcome(
         &admin,
-        shared,
-        settings.every,
-        settings.during(),
-        Duration::from_mins(1),
-        |i| app_pod(&format!("script-{i}"), &image, None, &[SECRET]),
+        mode,
+        tally,
+        names.clone(),
+        stack().token_calls(&key),
     )
     .await;
-    runner.await.unwrap();
-    let outcome = Outcome {
-        mode: "usual cron script (delete + create)",
-        events: pull_failure_events(&admin, &names).await,
-        token_calls: stack().token_calls(&key),
-        tally,
-        namespaces: names.clone(),
-    };
     delete_namespaces(&admin, &names).await;
-    outcome
+    measured
 }

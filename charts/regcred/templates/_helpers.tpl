@@ -46,22 +46,52 @@ app.kubernetes.io/part-of: regcred
 {{- end }}
 {{- end }}
 
-{{/* The managed Secret names, sorted and distinct, as a JSON list (for resourceNames):
-     the configured ones and the former ones, whose secrets regcred removes. */}}
-{{- define "regcred.secretNames" -}}
-{{- $names := list }}
+{{/* Every secret regcred looks after, as a JSON object: its name, with the sorted types
+     regcred writes under that name. An entry of format argocd-repository or
+     argocd-repo-creds writes one Secret per registry host, named <name>-<host> with the
+     port's ":" as "-" (regcred derives the same names: src/formats/mod.rs, derived_name);
+     any other entry one Secret of its name. Former names keep the pull-secret type: regcred
+     only deletes those secrets, or gives an adopted pull secret back to its owner. */}}
+{{- define "regcred.secrets" -}}
+{{- $types := dict "dockerconfigjson" "kubernetes.io/dockerconfigjson" "argocd-repository" "Opaque" "argocd-repo-creds" "Opaque" "basic-auth" "kubernetes.io/basic-auth" }}
+{{- $secrets := dict }}
 {{- range .Values.config.secrets }}
-{{- $names = append $names (default "regcred" .name) }}
+{{- $name := default "regcred" .name }}
+{{- $format := default "dockerconfigjson" .format }}
+{{- $type := get $types $format }}
+{{- $names := list $name }}
+{{- if has $format (list "argocd-repository" "argocd-repo-creds") }}
+{{- $names = list }}
+{{- range .registries }}
+{{- $host := . }}
+{{- if kindIs "map" . }}{{ $host = .host }}{{ end }}
+{{- $names = append $names (printf "%s-%s" $name ($host | toString | trim | lower | replace ":" "-")) }}
+{{- end }}
+{{- end }}
+{{- range $names }}
+{{- $_ := set $secrets . (append (get $secrets . | default list) $type | uniq | sortAlpha) }}
+{{- end }}
 {{- range .formerNames }}
-{{- $names = append $names . }}
+{{- $_ := set $secrets . (append (get $secrets . | default list) "kubernetes.io/dockerconfigjson" | uniq | sortAlpha) }}
 {{- end }}
 {{- end }}
-{{- $names | uniq | sortAlpha | toJson }}
+{{- $secrets | toJson }}
 {{- end }}
 
-{{/* The types of the secrets regcred writes, as a JSON list (for the admission policy). */}}
+{{/* The managed Secret names, sorted and distinct, as a JSON list (for resourceNames):
+     the configured ones (derived per host for the Argo CD formats) and the former ones,
+     whose secrets regcred removes. */}}
+{{- define "regcred.secretNames" -}}
+{{- include "regcred.secrets" . | fromJson | keys | sortAlpha | toJson }}
+{{- end }}
+
+{{/* The types of the secrets regcred writes, sorted and distinct, as a JSON list. */}}
 {{- define "regcred.secretTypes" -}}
-{{- list "kubernetes.io/dockerconfigjson" | toJson }}
+{{- $all := list }}
+{{- range $name, $types := include "regcred.secrets" . | fromJson }}
+{{- $all = concat $all $types }}
+{{- end }}
+{{- $all | uniq | sortAlpha | toJson }}
 {{- end }}
 
 {{/* "true" when the chart grants access to serviceaccounts: some secret adds itself to
@@ -113,6 +143,13 @@ app.kubernetes.io/part-of: regcred
 {{- range $i, $s := .Values.config.secrets }}
 {{- if not $s.registries }}
 {{- fail (printf "config.secrets[%d].registries must list at least one registry" $i) }}
+{{- end }}
+{{- $format := default "dockerconfigjson" $s.format }}
+{{- if and (eq $format "basic-auth") (ne (len $s.registries) 1) }}
+{{- fail (printf "config.secrets[%d].registries: format basic-auth holds one registry's username and password; give each registry an entry of its own" $i) }}
+{{- end }}
+{{- if and (ne $format "dockerconfigjson") $s.serviceAccounts }}
+{{- fail (printf "config.secrets[%d].serviceAccounts: only a dockerconfigjson secret can be an image pull secret, not one of format %s" $i $format) }}
 {{- end }}
 {{- end }}
 {{- $auth := 0 }}
