@@ -236,7 +236,7 @@ impl Watches {
     fn succeeded(&self, id: WatchId, listed: bool) -> bool {
         let mut states = self.states();
         let state = &mut states[id.0];
-        let stale = state.listed || state.failing.is_some();
+        let relist_needed = state.listed || state.failing.is_some();
         if listed && !state.listed {
             self.changed.send_replace(());
         }
@@ -249,7 +249,7 @@ impl Watches {
             );
             self.update(&states);
         }
-        stale
+        relist_needed
     }
 
     fn failed(&self, id: WatchId, error: &watcher::Error) {

@@ -2,8 +2,10 @@
 //! execution through the thin writers. `sync` runs this over every namespace once; the
 //! controller runs it whenever a namespace, secret or ServiceAccount changes.
 
+mod context;
 mod plan;
 
+pub use context::{Context, Written};
 pub use plan::{Assignment, Freshness, Step, TokenView, assign, plan};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,11 +14,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::Api;
 
-use crate::config::{Config, SecretConfig, ServiceAccounts};
-use crate::events::Events;
-use crate::lease::Permit;
-use crate::metrics::{Metrics, WriteResult};
-use crate::secrets::{self, Stored, Writer};
+use crate::config::{SecretConfig, ServiceAccounts};
+use crate::metrics::WriteResult;
+use crate::secrets::{self, Stored};
 use crate::serviceaccounts::{self, Want};
 
 /// The outcome for one secret slot of a namespace.
@@ -76,63 +76,6 @@ impl Report {
         self.secrets
             .values()
             .any(|o| !matches!(o, Outcome::Removed | Outcome::GivenBack | Outcome::Absent))
-    }
-}
-
-/// What a write left in the cluster, for a caller that keeps a cache of it: the controller
-/// takes its own writes in at once, so a reconciliation that follows before their watch
-/// events does not act on what they replaced (a conflict, a read and a write more).
-#[derive(Clone, Copy, Debug)]
-pub enum Written<'a> {
-    /// Created (`over` is `None`) or written over that resourceVersion.
-    Secret {
-        secret: &'a Secret,
-        over: Option<&'a str>,
-    },
-    /// Deleted at that resourceVersion.
-    SecretGone {
-        namespace: &'a str,
-        name: &'a str,
-        resource_version: Option<&'a str>,
-    },
-    /// Patched over that resourceVersion.
-    ServiceAccount {
-        account: &'a ServiceAccount,
-        over: Option<&'a str>,
-    },
-}
-
-/// Everything execution needs, shared by every namespace of a pass.
-#[derive(Clone)]
-pub struct Context<'a> {
-    pub client: &'a kube::Client,
-    pub writer: &'a Writer,
-    pub config: &'a Config,
-    pub tokens: &'a TokenView,
-    pub freshness: Freshness,
-    pub dry_run: bool,
-    pub metrics: Option<&'a Metrics>,
-    pub events: Option<&'a Events>,
-    /// Whether and for how long each write may be made (the controller's leadership).
-    pub permit: &'a Permit,
-    /// Told of every write made, when set.
-    pub written: Option<&'a (dyn Fn(Written<'_>) + Send + Sync)>,
-}
-
-impl Context<'_> {
-    fn note(&self, written: Written<'_>) {
-        if let Some(tell) = self.written {
-            tell(written);
-        }
-    }
-}
-
-impl std::fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("freshness", &self.freshness)
-            .field("dry_run", &self.dry_run)
-            .finish_non_exhaustive()
     }
 }
 
