@@ -2,10 +2,16 @@
 //! one namespace at a time, and a later look for the few that ask for one.
 //!
 //! This is kube-runtime's `Controller` scheduling cut down to what regcred needs, in a few
-//! bytes a namespace: the `Controller` reads objects from a reflector `Store` of whole
-//! Kubernetes objects (over 600 bytes a namespace even stripped to its name) and keeps two
-//! `ObjectRef`s for every namespace it will look at again. Here a namespace is its name,
-//! shared with the cache, and nothing is kept of one that waits for nothing.
+//! bytes a namespace. Why not the `Controller` itself (issue 15: at most 1.5 KiB of memory
+//! per namespace for everything): it needs a reflector `Store` of the kind it reconciles
+//! and hands whole objects to the reconciler, and its scheduler holds an `ObjectRef` per
+//! pending namespace and one more per requeue. Measured at 20,000 namespaces (RssAnon
+//! delta, release build): a metadata-only `Store<PartialObjectMeta<Namespace>>` costs
+//! 1.6 KiB a namespace, two `ObjectRef`s 0.4 KiB — the budget spent before a secret or
+//! ServiceAccount is cached — against 89 bytes for a map from a shared `Arc<str>` name.
+//! Here a namespace is its name, shared with the cache, and nothing is kept of one that
+//! waits for nothing. kube-runtime still does the watching (`watcher`: paging, backoff,
+//! relists); only the scheduling is ours, with the `Controller`'s guarantees (above).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
