@@ -21,6 +21,7 @@ mod tests;
 
 pub use args::ConfigArgs;
 use file::File;
+
 /// Why the configuration was refused. Every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
