@@ -79,7 +79,7 @@ impl Default for Webhook {
 
 /// One managed Secret name and what goes in it, where. An entry of a per-host format
 /// (`argocd-repository`, `argocd-repo-creds`) stands for one of these per registry host
-/// ([`formats::expand`]).
+/// ([`crate::formats::expand`]).
 #[derive(Clone, Debug)]
 pub struct SecretConfig {
     pub name: SecretName,
