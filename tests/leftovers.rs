@@ -11,12 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-const TEAM: (&str, &str) = ("team", "theirs");
 
 fn show(o: &Output) -> String {
     format!(
@@ -68,26 +65,7 @@ async fn create_theirs(admin: &kube::Client, ns: &str, name: &str) -> Value {
         "ghcr.io": ghcr,
         stack().var("REGCRED_TEST_REGISTRY"): {"username": "AWS", "password": "stale", "auth": BASE64.encode("AWS:stale")},
     }});
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some([(TEAM.0.to_owned(), TEAM.1.to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(DOCKERCONFIG_TYPE.into()),
-        data: Some(
-            [(
-                ".dockerconfigjson".to_owned(),
-                ByteString(doc.to_string().into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create their secret");
+    create_foreign_pull_secret(admin, ns, name, &doc).await;
     ghcr
 }
 
@@ -97,7 +75,7 @@ fn assert_given_back(secret: Option<Secret>, ghcr: &Value) {
     let s = secret.expect("the secret is still there");
     let labels = s.metadata.labels.clone().unwrap_or_default();
     assert!(!labels.contains_key(MANAGED_BY), "regcred's label dropped");
-    assert_eq!(labels.get(TEAM.0).map(String::as_str), Some(TEAM.1));
+    assert_eq!(labels.get(THEIRS.0).map(String::as_str), Some(THEIRS.1));
     let annotations = s.metadata.annotations.clone().unwrap_or_default();
     assert!(
         annotations.keys().all(|k| !k.starts_with("regcred.io/")),

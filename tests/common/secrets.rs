@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::Value;
 
 use super::stack;
 
@@ -105,4 +107,37 @@ pub fn skopeo_pull_from(authfile: &Path, image: &str) -> Output {
         .arg(format!("dir:{}", dest.path().display()))
         .output()
         .expect("run skopeo")
+}
+
+/// The label someone else's secrets carry in tests.
+pub const THEIRS: (&str, &str) = ("team", "theirs");
+
+/// A pull secret (`doc` as its `.dockerconfigjson`) created by someone else: no label of
+/// regcred's, their own [`THEIRS`] label.
+pub async fn create_foreign_pull_secret(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+    doc: &Value,
+) -> Secret {
+    let s = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([(THEIRS.0.to_owned(), THEIRS.1.to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(DOCKERCONFIG_TYPE.into()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_owned(),
+                ByteString(doc.to_string().into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create foreign secret")
 }

@@ -28,7 +28,7 @@ async fn a_foreign_secret_is_left_alone_and_reported_and_adopt_merges_it() {
         // A stale entry for a host regcred serves: adoption replaces it.
         alias.as_str(): {"username": "AWS", "password": "stale", "auth": auth_of("stale")},
     }});
-    let before = create_foreign_secret(&admin, &ns, &name, &doc).await;
+    let before = create_foreign_pull_secret(&admin, &ns, &name, &doc).await;
     let who = chart_identity(&admin, &[&name], false).await;
     let registries = format!("{}{}", registry_alias_yaml(), registry_line(PUBLIC_HOST));
     let (_d, file) = config_file(&config(&name, &registries, &include(&[&ns])));
@@ -220,7 +220,7 @@ async fn excluded_and_deselected_namespaces_lose_only_regcreds_secret() {
     // A ServiceAccount that references regcred's secret among others.
     create_service_account(&admin, &relabelled, "default", &["mine"]).await;
     let foreign_doc = json!({"auths": {"ghcr.io": {"auth": BASE64.encode("u:p")}}});
-    let foreign_secret = create_foreign_secret(&admin, &foreign, &name, &foreign_doc).await;
+    let foreign_secret = create_foreign_pull_secret(&admin, &foreign, &name, &foreign_doc).await;
     let who = chart_identity(&admin, &[&name], true).await;
     let entry = |exclude: &str| {
         config(

@@ -9,9 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt as _;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -240,35 +239,6 @@ pub(crate) fn assert_regcred_secret_from(
     let mut want = order.clone();
     want.sort_unstable();
     assert_eq!(order, want, "{where_}: hosts in sorted order");
-}
-
-/// A secret of type dockerconfigjson created by someone else (no regcred label).
-pub(crate) async fn create_foreign_secret(
-    admin: &kube::Client,
-    ns: &str,
-    name: &str,
-    doc: &Value,
-) -> Secret {
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some([("team".to_owned(), "theirs".to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(DOCKERCONFIG_TYPE.into()),
-        data: Some(
-            [(
-                ".dockerconfigjson".to_owned(),
-                ByteString(doc.to_string().into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("create foreign secret")
 }
 
 pub(crate) async fn set_namespace_label(admin: &kube::Client, ns: &str, key: &str, value: &str) {
