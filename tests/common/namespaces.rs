@@ -182,3 +182,16 @@ pub async fn create_namespaces_at_once(
         })
         .await;
 }
+
+/// The names in a ServiceAccount's `imagePullSecrets`, in order.
+pub async fn pull_secret_names(admin: &kube::Client, ns: &str, sa: &str) -> Vec<String> {
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .get(sa)
+        .await
+        .expect("get serviceaccount")
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -247,16 +247,4 @@ pub(crate) async fn set_namespace_label(admin: &kube::Client, ns: &str, key: &st
         .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("label namespace");
-}
-
-pub(crate) async fn pull_secret_names(admin: &kube::Client, ns: &str, sa: &str) -> Vec<String> {
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .get(sa)
-        .await
-        .expect("get serviceaccount")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
 }
