@@ -233,7 +233,7 @@ impl TokenCache {
         })
     }
 
-    /// Waits (up to [`LOCK_WAIT`]) until no other call is fetching this entry. When the
+    /// Waits (up to 50 s) until no other call is fetching this entry. When the
     /// lock cannot be had the call goes on without it: a duplicate fetch is better than no
     /// answer.
     pub async fn lock(&self, key: &Key) -> Lock {

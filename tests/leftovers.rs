@@ -11,12 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-const TEAM: (&str, &str) = ("team", "theirs");
 
 fn show(o: &Output) -> String {
     format!(
@@ -48,18 +45,6 @@ fn entry(name: &str, ns: &str, extra: &str) -> String {
     )
 }
 
-async fn references(admin: &kube::Client, ns: &str, sa: &str) -> Vec<String> {
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .get(sa)
-        .await
-        .expect("get serviceaccount")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
 /// Someone else's pull secret for ghcr.io (plus a stale entry for the stack's registry),
 /// with a label of its owner's.
 async fn create_theirs(admin: &kube::Client, ns: &str, name: &str) -> Value {
@@ -68,26 +53,7 @@ async fn create_theirs(admin: &kube::Client, ns: &str, name: &str) -> Value {
         "ghcr.io": ghcr,
         stack().var("REGCRED_TEST_REGISTRY"): {"username": "AWS", "password": "stale", "auth": BASE64.encode("AWS:stale")},
     }});
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some([(TEAM.0.to_owned(), TEAM.1.to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(DOCKERCONFIG_TYPE.into()),
-        data: Some(
-            [(
-                ".dockerconfigjson".to_owned(),
-                ByteString(doc.to_string().into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create their secret");
+    create_foreign_pull_secret(admin, ns, name, &doc).await;
     ghcr
 }
 
@@ -97,7 +63,7 @@ fn assert_given_back(secret: Option<Secret>, ghcr: &Value) {
     let s = secret.expect("the secret is still there");
     let labels = s.metadata.labels.clone().unwrap_or_default();
     assert!(!labels.contains_key(MANAGED_BY), "regcred's label dropped");
-    assert_eq!(labels.get(TEAM.0).map(String::as_str), Some(TEAM.1));
+    assert_eq!(labels.get(THEIRS.0).map(String::as_str), Some(THEIRS.1));
     let annotations = s.metadata.annotations.clone().unwrap_or_default();
     assert!(
         annotations.keys().all(|k| !k.starts_with("regcred.io/")),
@@ -148,14 +114,17 @@ async fn a_deselected_adopted_secret_is_given_back_not_deleted() {
             .map(String::as_str),
         Some("regcred")
     );
-    assert_eq!(references(&admin, &ns, "default").await, ["keep-me", &name]);
+    assert_eq!(
+        pull_secret_names(&admin, &ns, "default").await,
+        ["keep-me", &name]
+    );
 
     set_label(&admin, &ns, &key, "off").await;
     let out = sync(&who, &yaml);
     assert_ok(&out);
     assert!(stdout(&out).contains("removed 1"), "{}", show(&out));
     assert_given_back(get_secret(&admin, &ns, &name).await, &ghcr);
-    assert_eq!(references(&admin, &ns, "default").await, ["keep-me"]);
+    assert_eq!(pull_secret_names(&admin, &ns, "default").await, ["keep-me"]);
     // Theirs now: regcred leaves it alone (it is not selected, and not its own).
     assert_ok(&sync(&who, &yaml));
     assert_given_back(get_secret(&admin, &ns, &name).await, &ghcr);
@@ -219,7 +188,10 @@ async fn a_renamed_secret_leaves_nothing_behind() {
     let before = format!("secrets:\n{}", entry(&old, &format!("{prefix}-*"), sas));
     sync(&who, &before);
     assert!(get_secret(&admin, &a, &old).await.is_some());
-    assert_eq!(references(&admin, &a, "default").await, ["keep-me", &old]);
+    assert_eq!(
+        pull_secret_names(&admin, &a, "default").await,
+        ["keep-me", &old]
+    );
 
     let after = format!(
         "secrets:\n{}",
@@ -235,7 +207,10 @@ async fn a_renamed_secret_leaves_nothing_behind() {
         "old secret removed"
     );
     assert!(get_secret(&admin, &a, &new).await.is_some());
-    assert_eq!(references(&admin, &a, "default").await, ["keep-me", &new]);
+    assert_eq!(
+        pull_secret_names(&admin, &a, "default").await,
+        ["keep-me", &new]
+    );
     let theirs = get_secret(&admin, &foreign, &old)
         .await
         .expect("theirs stays");
@@ -266,17 +241,23 @@ async fn shrinking_service_accounts_removes_only_the_references_regcred_added() 
         entry(&name, &ns, "    serviceAccounts: [default, builder]\n")
     );
     assert_ok(&sync(&who, &wide));
-    assert_eq!(references(&admin, &ns, "builder").await, ["other", &name]);
+    assert_eq!(
+        pull_secret_names(&admin, &ns, "builder").await,
+        ["other", &name]
+    );
 
     let narrow = format!(
         "secrets:\n{}",
         entry(&name, &ns, "    serviceAccounts: [default]\n")
     );
     assert_ok(&sync(&who, &narrow));
-    assert_eq!(references(&admin, &ns, "default").await, [name.as_str()]);
-    assert_eq!(references(&admin, &ns, "builder").await, ["other"]);
     assert_eq!(
-        references(&admin, &ns, "ci").await,
+        pull_secret_names(&admin, &ns, "default").await,
+        [name.as_str()]
+    );
+    assert_eq!(pull_secret_names(&admin, &ns, "builder").await, ["other"]);
+    assert_eq!(
+        pull_secret_names(&admin, &ns, "ci").await,
         [name.as_str()],
         "not regcred's"
     );
@@ -299,7 +280,10 @@ async fn turning_service_account_patching_off_removes_regcreds_references() {
         entry(&name, &ns, "    serviceAccounts: [default]\n")
     );
     assert_ok(&sync(&who, &on));
-    assert_eq!(references(&admin, &ns, "default").await, ["keep-me", &name]);
+    assert_eq!(
+        pull_secret_names(&admin, &ns, "default").await,
+        ["keep-me", &name]
+    );
 
     let off = format!("secrets:\n{}", entry(&name, &ns, ""));
     let (_dir, file) = config_file(&off);
@@ -317,11 +301,11 @@ async fn turning_service_account_patching_off_removes_regcreds_references() {
     wait_for(
         "regcred's reference removed",
         Duration::from_secs(10),
-        || async { (references(&admin, &ns, "default").await == ["keep-me"]).then_some(()) },
+        || async { (pull_secret_names(&admin, &ns, "default").await == ["keep-me"]).then_some(()) },
     )
     .await;
     assert_eq!(
-        references(&admin, &ns, "ci").await,
+        pull_secret_names(&admin, &ns, "ci").await,
         [name.as_str()],
         "not regcred's"
     );

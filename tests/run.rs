@@ -1,6 +1,6 @@
 //! `regcred run` on the real stack, as a ServiceAccount holding only the chart's RBAC:
 //! new namespaces and drift within a second, rotation without a gap, leader election, and
-//! shutdown. Outages (AWS, API server, etcd, a killed leader) are in `tests/faults.rs`.
+//! shutdown. Outages (AWS, API server, etcd, a killed leader) are in `tests/faults/`.
 #![allow(clippy::print_stderr)] // Tests report the latencies they measure.
 
 mod common;
