@@ -89,7 +89,7 @@ fn common(s: &str) -> Cow<'static, str> {
 }
 
 /// A stored secret as regcred's decisions see it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Stored {
     managed: bool,
     type_: Option<Cow<'static, str>>,
@@ -104,6 +104,20 @@ pub struct Stored {
     uid: Option<Box<str>>,
     /// The whole secret, where a decision needs more than the above (see the module).
     content: Option<Arc<Secret>>,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A kept secret holds someone's (or another format's) passwords: never shown.
+        f.debug_struct("Stored")
+            .field("managed", &self.managed)
+            .field("type_", &self.type_)
+            .field("expires_at", &self.expires_at)
+            .field("sound", &self.sound)
+            .field("resource_version", &self.resource_version)
+            .field("kept_whole", &self.content.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a secret holds `auths` entries for hosts its registries annotation does not
@@ -391,6 +405,11 @@ mod tests {
             "someone else's secret is kept whole"
         );
         assert!(!stored.is_current(&ours("p")));
+        let shown = format!("{stored:?}");
+        assert!(
+            shown.contains("kept_whole: true") && !shown.contains("data"),
+            "a kept secret's content is never shown: {shown}"
+        );
         assert!(adopted.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL] == MANAGED_BY_VALUE);
     }
 
