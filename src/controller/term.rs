@@ -29,6 +29,9 @@ pub(super) async fn readiness(
     }
     until_usable(&ctx.watches, ctx.namespaces.watch, &ctx.stop).await;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    // The term swept: once per term, whoever started it in the ledger (a fast first pass
+    // notes its term before this loop sees it, and `follow` then says nothing started).
+    let mut swept: Option<u64> = None;
     loop {
         let now = *leading.borrow_and_update();
         {
@@ -41,7 +44,11 @@ pub(super) async fn readiness(
                     .reconciled
                     .store(!now.is_leading(), Ordering::Relaxed);
             }
-            if started {
+            let unswept = match now {
+                Leadership::Leading { term } => swept != Some(term),
+                Leadership::Standby => false,
+            };
+            if started || unswept {
                 if let Some(s) = sweeping.take() {
                     s.abort();
                 }
@@ -49,6 +56,7 @@ pub(super) async fn readiness(
                     tended.clear();
                 }
                 if let Leadership::Leading { term } = now {
+                    swept = Some(term);
                     sweeping = Some(tokio::spawn(sweep(ctx.clone(), queue.clone(), term)));
                 }
             }
