@@ -177,7 +177,7 @@ async fn namespace(
                 continue;
             }
             match writer.give_back(&back, &permit).await {
-                Ok(()) => report.given_back.push(name),
+                Ok(_) => report.given_back.push(name),
                 Err(e) if e.is_conflict() => report.failures.push(format!(
                     "secret {name} changed while it was given back; run cleanup again"
                 )),

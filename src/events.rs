@@ -1,7 +1,7 @@
 //! Kubernetes Events for what an operator should see: foreign secrets and failures, on the
 //! Secret when there is one, else on its Namespace.
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::Resource as _;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
@@ -29,19 +29,30 @@ impl Events {
     }
 
     /// A secret of regcred's name that regcred does not manage.
-    pub async fn foreign_secret(&self, ns: &Namespace, stored: Option<&Secret>, name: &str) {
+    pub async fn foreign_secret(
+        &self,
+        ns: &Namespace,
+        secret: Option<ObjectReference>,
+        name: &str,
+    ) {
         let note = format!(
             "Secret {name} exists and was not created by regcred; it is left as it is. \
              Set adopt: true to let regcred take it over."
         );
-        self.publish(ns, stored, EventType::Warning, "ForeignSecret", note)
+        self.publish(ns, secret, EventType::Warning, "ForeignSecret", note)
             .await;
     }
 
     /// The secret could not be brought in line.
-    pub async fn failed(&self, ns: &Namespace, stored: Option<&Secret>, name: &str, why: &str) {
+    pub async fn failed(
+        &self,
+        ns: &Namespace,
+        secret: Option<ObjectReference>,
+        name: &str,
+        why: &str,
+    ) {
         let note = format!("Secret {name} could not be updated: {why}");
-        self.publish(ns, stored, EventType::Warning, "SyncFailed", note)
+        self.publish(ns, secret, EventType::Warning, "SyncFailed", note)
             .await;
     }
 
@@ -56,13 +67,13 @@ impl Events {
     async fn publish(
         &self,
         ns: &Namespace,
-        stored: Option<&Secret>,
+        secret: Option<ObjectReference>,
         type_: EventType,
         reason: &str,
         note: String,
     ) {
-        let reference: ObjectReference = if let Some(secret) = stored {
-            secret.object_ref(&())
+        let reference: ObjectReference = if let Some(secret) = secret {
+            secret
         } else {
             let mut r = ns.object_ref(&());
             // Keep the Event in the namespace it is about, where its owners look.

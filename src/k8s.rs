@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams};
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
-use crate::secrets::API_TIMEOUT;
+use crate::secrets::{API_TIMEOUT, Stored};
 
 /// Page size for lists: large enough for few round trips, small enough to stay cheap.
 const PAGE: u32 = 500;
@@ -100,7 +100,7 @@ where
 pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     /// By namespace, then by secret name.
-    pub secrets: BTreeMap<String, BTreeMap<String, Secret>>,
+    pub secrets: BTreeMap<String, BTreeMap<String, Stored>>,
     /// By namespace; `None` when not read (regcred neither patches nor may tend them).
     pub service_accounts: Option<BTreeMap<String, Vec<ServiceAccount>>>,
 }
@@ -119,7 +119,7 @@ impl Snapshot {
             "namespaces",
         )
         .await?;
-        let mut secrets: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
+        let mut secrets: BTreeMap<String, BTreeMap<String, Stored>> = BTreeMap::new();
         for name in config.managed_names() {
             let params = ListParams::default().fields(&format!("metadata.name={name}"));
             let found = list_all(
@@ -130,7 +130,10 @@ impl Snapshot {
             .await?;
             for s in found {
                 let ns = s.metadata.namespace.clone().unwrap_or_default();
-                secrets.entry(ns).or_default().insert(name.clone(), s);
+                secrets
+                    .entry(ns)
+                    .or_default()
+                    .insert(name.clone(), Stored::of(s));
             }
         }
         let service_accounts = if service_accounts {

@@ -63,9 +63,16 @@ impl fmt::Display for Glob {
 pub struct LabelSelector {
     source: String,
     selector: Selector,
+    /// The label keys it reads.
+    keys: Vec<String>,
 }
 
 impl LabelSelector {
+    /// The label keys it reads (no other label can change its answer).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(String::as_str)
+    }
+
     #[must_use]
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.matches(labels)
@@ -94,9 +101,23 @@ impl FromStr for LabelSelector {
         if expressions.is_empty() {
             return Err(err("is empty".into()));
         }
+        let mut keys: Vec<String> = expressions
+            .iter()
+            .map(|e| match e {
+                Expression::In(k, _)
+                | Expression::NotIn(k, _)
+                | Expression::Equal(k, _)
+                | Expression::NotEqual(k, _)
+                | Expression::Exists(k)
+                | Expression::DoesNotExist(k) => k.clone(),
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
         Ok(Self {
             source: s.trim().to_owned(),
             selector: expressions.into_iter().collect(),
+            keys,
         })
     }
 }
@@ -320,7 +341,20 @@ mod tests {
         for (sel, l, want) in cases {
             let s: LabelSelector = sel.parse().unwrap_or_else(|e| panic!("{sel}: {e}"));
             assert_eq!(s.matches(&labels(l)), *want, "{sel} on {l:?}");
+            // Only the keys it reads count: the labels kept for it give the same answer.
+            let keys: BTreeSet<&str> = s.keys().collect();
+            let kept: Vec<(&str, &str)> = l
+                .iter()
+                .copied()
+                .chain([("unrelated", "x")])
+                .filter(|(k, _)| keys.contains(k))
+                .collect();
+            assert_eq!(s.matches(&labels(&kept)), *want, "{sel} on {kept:?}");
         }
+        let s: LabelSelector = "team=payments, env in (a,b), !legacy, team!=x"
+            .parse()
+            .unwrap();
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["env", "legacy", "team"]);
         for bad in [
             "",
             "team=",

@@ -106,10 +106,19 @@ pub fn relinked(sa: &ServiceAccount, wants: &BTreeMap<String, Want>) -> Option<R
     })
 }
 
+/// A patch made: the change, and the ServiceAccount as the patch left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patched {
+    pub change: Relinked,
+    pub now: Box<ServiceAccount>,
+    /// The resourceVersion it was patched over.
+    pub over: Option<String>,
+}
+
 /// What a patch did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Patched(Relinked),
+    Patched(Patched),
     AlreadyDone,
     /// The ServiceAccount does not exist (any more).
     Missing,
@@ -192,11 +201,18 @@ pub async fn update(
             ..PatchParams::default()
         };
         let patch = Patch::Merge(&patch);
+        permit.write_turn().await;
         match tokio::time::timeout(within()?, api.patch(&name, &params, &patch))
             .await
             .map_err(|_| timeout())?
         {
-            Ok(_) => return Ok(Outcome::Patched(change)),
+            Ok(now) => {
+                return Ok(Outcome::Patched(Patched {
+                    change,
+                    now: Box::new(now),
+                    over: current.metadata.resource_version,
+                }));
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Outcome::Missing),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!(%namespace, %name, "serviceaccount changed meanwhile; reading it again");

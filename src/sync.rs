@@ -116,6 +116,7 @@ pub async fn pass(
         metrics: None,
         events: Some(&events),
         permit: &permit,
+        written: None,
     };
     let nothing_unknown = BTreeSet::new();
     let no_secrets = BTreeMap::new();

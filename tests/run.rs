@@ -433,6 +433,29 @@ async fn a_restart_rewrites_nothing_still_fresh_but_repairs_what_changed() {
         },
     )
     .await;
+    // Later passes over the same secrets judge them as the first did: namespaces that
+    // change (a label here; a relist is the same) are reconciled again and still rewrite
+    // nothing.
+    let passes = second.metric("regcred_reconcile_duration_seconds_count");
+    for ns in &names {
+        Api::<Namespace>::all(s.admin.clone())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "the namespaces reconciled again",
+        Duration::from_secs(10),
+        || async {
+            (second.metric("regcred_reconcile_duration_seconds_count") >= passes + 5.0)
+                .then_some(())
+        },
+    )
+    .await;
     for (ns, rv) in names.iter().zip(&before).skip(1) {
         assert_eq!(
             &s.secret_in(ns).await.unwrap().metadata.resource_version,

@@ -1,17 +1,23 @@
 //! The controller's per-namespace bookkeeping, for the current leadership term: which
-//! namespaces were reconciled with every token at hand, how often each failed in a row
-//! (backoff), which are selected. A new term starts from nothing, a standby keeps nothing,
-//! and a deleted namespace is forgotten: it never grows past the namespaces that exist.
+//! namespaces were reconciled with every token at hand (and the secrets that pass found),
+//! how often each failed in a row (backoff), which are selected. A new term starts from
+//! nothing, a standby keeps nothing, and a deleted namespace is forgotten: it never grows
+//! past the namespaces that exist.
 
 use std::collections::HashMap;
 
 use crate::lease::Leadership;
+use crate::reconcile::Freshness;
 
 #[derive(Debug, Default)]
 struct Entry {
     reconciled: bool,
     failures: u32,
     selected: bool,
+    /// The secrets (names and resourceVersions) the first reconciliation with every token
+    /// found, as a fingerprint: while they are unchanged, they are judged as that pass
+    /// judged them.
+    found: u64,
 }
 
 #[derive(Debug, Default)]
@@ -21,6 +27,8 @@ pub(super) struct Ledger {
     leading: bool,
     namespaces: HashMap<String, Entry>,
     selected: usize,
+    /// Entries with `reconciled`.
+    reconciled: usize,
 }
 
 impl Ledger {
@@ -46,6 +54,7 @@ impl Ledger {
     fn clear(&mut self) {
         self.namespaces = HashMap::new();
         self.selected = 0;
+        self.reconciled = 0;
     }
 
     /// Whether results of work done in `term` still count (a later term's may start it).
@@ -61,7 +70,7 @@ impl Ledger {
         term: u64,
         namespace: &str,
         selected: bool,
-        reconciled: bool,
+        (reconciled, found): (bool, u64),
         succeeded: bool,
     ) -> bool {
         if !self.current(term) {
@@ -76,7 +85,11 @@ impl Ledger {
                 self.selected -= 1;
             }
         }
-        entry.reconciled |= reconciled;
+        if reconciled && !entry.reconciled {
+            entry.reconciled = true;
+            entry.found = found;
+            self.reconciled += 1;
+        }
         if succeeded {
             entry.failures = 0;
         }
@@ -97,12 +110,23 @@ impl Ledger {
         self.namespaces.get(namespace).is_some_and(|e| e.reconciled)
     }
 
+    /// How strictly to judge a namespace's secrets, `found` being their fingerprint now:
+    /// leniently (sound and fresh is enough) until this term's first reconciliation with
+    /// every token, and afterwards as long as they are the ones it found (a restart or
+    /// failover, however many passes follow, does not rewrite another holder's good work);
+    /// exactly once any of them changed (an edit is repaired).
+    pub(super) fn freshness(&self, namespace: &str, found: u64) -> Freshness {
+        match self.namespaces.get(namespace) {
+            Some(e) if e.reconciled && e.found != found => Freshness::Exact,
+            _ => Freshness::SoundAndFresh,
+        }
+    }
+
     /// Forgets a namespace that no longer exists.
     pub(super) fn forget(&mut self, namespace: &str) {
-        if let Some(entry) = self.namespaces.remove(namespace)
-            && entry.selected
-        {
-            self.selected -= 1;
+        if let Some(entry) = self.namespaces.remove(namespace) {
+            self.selected -= usize::from(entry.selected);
+            self.reconciled -= usize::from(entry.reconciled);
         }
         self.shrink();
     }
@@ -113,6 +137,7 @@ impl Ledger {
         self.namespaces.retain(|name, _| exists(name));
         if self.namespaces.len() != before {
             self.selected = self.namespaces.values().filter(|e| e.selected).count();
+            self.reconciled = self.namespaces.values().filter(|e| e.reconciled).count();
         }
         self.shrink();
     }
@@ -125,6 +150,11 @@ impl Ledger {
         }
     }
 
+    /// Namespaces reconciled with every token at hand in this term.
+    pub(super) fn reconciled(&self) -> usize {
+        self.reconciled
+    }
+
     /// Namespaces with bookkeeping.
     pub(super) fn tracked(&self) -> usize {
         self.namespaces.len()
@@ -133,11 +163,6 @@ impl Ledger {
     /// Namespaces served, while leading.
     pub(super) fn selected(&self) -> Option<usize> {
         self.leading.then_some(self.selected)
-    }
-
-    /// Both gauges' values.
-    pub(super) fn tracked_and_selected(&self) -> (usize, Option<usize>) {
-        (self.tracked(), self.selected())
     }
 }
 
@@ -149,22 +174,25 @@ mod tests {
     fn a_term_starts_from_nothing_and_a_standby_keeps_nothing() {
         let mut l = Ledger::default();
         assert_eq!(l.selected(), None);
-        assert!(l.note(1, "a", true, true, true), "work of a first term");
-        assert!(l.note(1, "b", false, true, true));
+        assert!(
+            l.note(1, "a", true, (true, 7), true),
+            "work of a first term"
+        );
+        assert!(l.note(1, "b", false, (true, 7), true));
         assert_eq!((l.tracked(), l.selected()), (2, Some(1)));
         assert!(l.is_reconciled("a"));
         assert!(l.follow(Leadership::Standby));
         assert_eq!((l.tracked(), l.selected()), (0, None));
         assert!(
-            !l.note(1, "a", true, true, true),
+            !l.note(1, "a", true, (true, 7), true),
             "late work of a past term"
         );
         assert_eq!(l.tracked(), 0);
         assert!(l.follow(Leadership::Leading { term: 2 }));
         assert!(!l.is_reconciled("a"));
         assert!(!l.follow(Leadership::Leading { term: 2 }), "the same term");
-        assert!(!l.note(1, "a", true, true, true));
-        assert!(l.note(2, "a", true, false, true));
+        assert!(!l.note(1, "a", true, (true, 7), true));
+        assert!(l.note(2, "a", true, (false, 7), true));
         assert_eq!(l.selected(), Some(1));
     }
 
@@ -172,14 +200,44 @@ mod tests {
     fn deleted_namespaces_are_forgotten() {
         let mut l = Ledger::default();
         for ns in ["a", "b", "c"] {
-            l.note(1, ns, ns != "c", true, true);
+            l.note(1, ns, ns != "c", (true, 7), true);
         }
         assert_eq!(l.failed("b"), 1);
         assert_eq!(l.failed("b"), 2);
+        assert_eq!(l.reconciled(), 3);
         l.forget("a");
-        assert_eq!((l.tracked(), l.selected()), (2, Some(1)));
+        assert_eq!((l.tracked(), l.selected(), l.reconciled()), (2, Some(1), 2));
         l.retain(|ns| ns == "c");
-        assert_eq!((l.tracked(), l.selected()), (1, Some(0)));
+        assert_eq!((l.tracked(), l.selected(), l.reconciled()), (1, Some(0), 1));
         assert_eq!(l.failed("b"), 1, "a namespace made again starts afresh");
+    }
+
+    #[test]
+    fn secrets_a_first_pass_found_are_judged_leniently_until_they_change() {
+        let mut l = Ledger::default();
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "not reconciled yet"
+        );
+        l.note(1, "a", true, (false, 1), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "without every token"
+        );
+        l.note(1, "a", true, (true, 1), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "what it found"
+        );
+        assert_eq!(l.freshness("a", 2), Freshness::Exact, "changed since");
+        l.note(1, "a", true, (true, 3), true);
+        assert_eq!(
+            l.freshness("a", 1),
+            Freshness::SoundAndFresh,
+            "the first pass's, kept"
+        );
     }
 }

@@ -5,9 +5,16 @@
 //! reconciliation whenever the tokens change or this replica becomes leader. Each
 //! reconciliation is [`crate::reconcile::namespace`], the same code `sync` runs.
 
+mod accounts;
+mod cache;
 mod ledger;
 mod namespace;
+mod queue;
+mod term;
+mod triggers;
 mod watches;
+
+pub use cache::Namespaces;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,26 +24,30 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::admin::{self, Health};
 use crate::config::{Config, ConfigArgs};
 use crate::ecr::Tokens;
 use crate::events::Events;
-use crate::lease::{self, Election, Leadership};
+use crate::lease::{self, Election, Leadership, Pace};
 use crate::metrics::Metrics;
 use crate::reconcile::TokenView;
 use crate::refresher::Refresher;
 use crate::secrets::Writer;
 use crate::{Error, Exit};
 
+use cache::Secrets;
 use ledger::Ledger;
-use namespace::{ByNamespace, Ctx, error_policy, reconcile_namespace};
-use watches::{Change, Watched, Watches, changes, namespace_of, reflected, until_usable};
+use namespace::{Ctx, reconcile_namespace};
+use queue::Queue;
+use term::readiness;
+use triggers::{KeepNamespaces, KeepSecrets, selector_label_keys, trigger};
+use watches::{Watched, Watches, changes, reflected};
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
@@ -63,6 +74,11 @@ pub struct RunArgs {
     /// Namespaces reconciled at once.
     #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// At most this many writes (secrets and ServiceAccounts) a second, evenly spaced: for
+    /// a small API server, a rotation of every namespace spread out (20,000 namespaces at
+    /// 100/s take 200 s). Off by default: writes go as fast as `--concurrency` allows.
+    #[arg(long, env = "REGCRED_MAX_WRITES_PER_SECOND", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_writes_per_second: Option<u32>,
     #[command(flatten)]
     pub webhook: crate::webhook::WebhookArgs,
     #[command(flatten)]
@@ -140,13 +156,14 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
     tokio::spawn(leader_gauge(election.subscribe(), metrics.clone()));
     let service_accounts =
         config.patches_service_accounts() || crate::k8s::may_tend_service_accounts(&client).await;
-    // One cache of namespaces for the controller and the webhook (every replica fills it).
-    let (namespaces, namespace_writer) = reflector::store();
+    // One cache of namespaces for the controller and the webhook (every replica fills it),
+    // with the labels some selector reads and no other.
+    let namespaces = Arc::new(Namespaces::new(selector_label_keys(&config)));
     let webhook = webhook_listener.map(|listener| {
         crate::webhook::spawn(crate::webhook::Parts {
             client: client.clone(),
             config: config.clone(),
-            namespaces,
+            namespaces: namespaces.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
             namespace: lease_namespace.clone(),
@@ -168,7 +185,10 @@ pub async fn run(args: &RunArgs) -> Result<Exit, Error> {
         service_accounts,
         stop: stop.clone(),
         concurrency: args.concurrency,
-        namespace_writer,
+        pace: args
+            .max_writes_per_second
+            .map(|n| Arc::new(Pace::per_second(n))),
+        namespaces,
     })
     .await;
 
@@ -269,15 +289,16 @@ struct ControllerParts {
     health: Arc<Health>,
     tokens: watch::Receiver<Arc<TokenView>>,
     election: Election,
-    /// Whether to watch ServiceAccounts: to patch them, or to remove references regcred
+    /// Whether to tend ServiceAccounts: to patch them, or to remove references regcred
     /// made earlier while it may.
     service_accounts: bool,
     /// What Events about the controller itself are about.
     lease: ObjectReference,
     stop: watch::Receiver<bool>,
     concurrency: u16,
-    /// Fills the namespace cache the webhook reads too.
-    namespace_writer: reflector::store::Writer<Namespace>,
+    pace: Option<Arc<Pace>>,
+    /// The namespace cache the webhook reads too.
+    namespaces: Arc<Namespaces>,
 }
 
 async fn controller(parts: ControllerParts) {
@@ -292,7 +313,8 @@ async fn controller(parts: ControllerParts) {
         lease,
         stop,
         concurrency,
-        namespace_writer: writer,
+        pace,
+        namespaces,
     } = parts;
     let events = Events::new(client.clone());
     let watches = Arc::new(Watches::new(
@@ -302,49 +324,42 @@ async fn controller(parts: ControllerParts) {
         lease,
     ));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    // Every watch feeds its store first and triggers only from what the store holds: a
-    // (re)list is not trusted object by object (kube-runtime's buffered relist swaps the store
-    // only at its end, so a trigger for an object new in the list would find nothing and be
-    // dropped, and an object deleted while the watch was down sends no event at all); instead
-    // the end of every list reconciles every namespace.
+    let queue = Arc::new(Queue::default());
+    // Every watch feeds its cache first and triggers only from what the cache holds: a
+    // (re)list is not trusted object by object (an object deleted while the watch was down
+    // sends no event at all); instead the end of every list reconciles every namespace.
     let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
-    let namespaces = writer.as_reader();
     let namespace_watch = watches.register(Watched::Namespaces);
-    let namespace_triggers = namespace_triggers(
-        Api::<Namespace>::all(client.clone()),
-        writer,
-        namespaces.clone(),
-        relisted.clone(),
-        (watches.clone(), namespace_watch),
-        ledger.clone(),
-        metrics.clone(),
-    );
-    let controller = Controller::for_stream(namespace_triggers, namespaces.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-
-    let (mut controller, secrets) =
-        secret_watches(controller, &client, &config, &relisted, &watches);
-    let service_account_names = Arc::new(ByNamespace::default());
-    let service_accounts = if service_accounts {
-        let (sa_changes, sa_store) = service_account_watch(
-            Api::<ServiceAccount>::all(client.clone()),
-            relisted.clone(),
-            &watches,
-            service_account_names.clone(),
-        );
-        controller =
-            controller.watches_stream(sa_changes.map(|c| Ok(c.into_object())), namespace_of);
-        Some(sa_store)
-    } else {
-        None
-    };
+    // Metadata only: a namespace's spec and status say nothing regcred reads (a namespace
+    // being deleted has its deletionTimestamp set before its phase says so).
+    let namespace_changes = reflected(
+        watches::watch(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        KeepNamespaces {
+            cache: namespaces.clone(),
+            ledger: ledger.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+        },
+        (relisted.clone(), true),
+        watches.clone(),
+        namespace_watch,
+    )
+    .map(watches::Change::into_inner)
+    .boxed();
+    let (mut triggers, secrets) = secret_watches(&client, &config, &relisted, &watches);
+    triggers.push(namespace_changes);
+    let service_accounts = service_accounts.then(|| {
+        let (changes, tended) =
+            accounts::watch(&client, accounts::Scope::of(&config), &relisted, &watches);
+        triggers.extend(changes);
+        tended
+    });
     drop(relisted);
 
     let leadership = election.subscribe();
-    let became_leader = changes(leadership.clone())
-        .filter(|l| std::future::ready(l.is_leading()))
-        .map(|_| ());
-    let tokens_changed = changes(tokens.clone()).map(|_| ());
     let ctx = Arc::new(Ctx {
         writer: Writer::new(client.clone()),
         events,
@@ -352,186 +367,87 @@ async fn controller(parts: ControllerParts) {
         config,
         metrics,
         health,
-        tokens,
+        tokens: tokens.clone(),
         election,
         stop: stop.clone(),
         watches,
-        namespaces: namespaces.clone(),
+        namespaces: namespace::Watched {
+            cache: namespaces,
+            watch: namespace_watch,
+        },
         secrets,
         service_accounts,
-        service_account_names,
         ledger,
+        pace,
     });
-    tokio::spawn(readiness(ctx.clone(), leadership, namespace_watch));
-
-    let mut stop_ctl = stop;
-    controller
-        .reconcile_all_on(tokens_changed)
-        .reconcile_all_on(became_leader)
-        .reconcile_all_on(relists)
-        .graceful_shutdown_on(async move {
-            let _ = stop_ctl.wait_for(|s| *s).await;
-        })
-        .run(reconcile_namespace, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        })
-        .await;
+    tokio::spawn(readiness(ctx.clone(), queue.clone(), leadership.clone()));
+    let triggering = tokio::spawn(trigger(
+        ctx.clone(),
+        queue.clone(),
+        futures::stream::select_all(triggers),
+        relists,
+        (changes(tokens).map(|_| ()).boxed(), leadership),
+    ));
+    work(ctx, &queue, concurrency, stop).await;
+    triggering.abort();
 }
 
-/// One watch of regcred's secrets per name (configured and former), by field selector so RBAC
-/// can be name-scoped, each triggering its namespace.
+/// One watch of regcred's secrets per name (configured and former), by field selector so
+/// RBAC can be name-scoped: their triggers, and their caches by name.
 fn secret_watches(
-    mut controller: Controller<Namespace>,
     client: &kube::Client,
     config: &Config,
     relisted: &futures::channel::mpsc::UnboundedSender<()>,
     watches: &Arc<Watches>,
 ) -> (
-    Controller<Namespace>,
-    BTreeMap<String, namespace::Watched<Secret>>,
+    Vec<futures::stream::BoxStream<'static, String>>,
+    BTreeMap<String, namespace::Watched<Secrets>>,
 ) {
+    let mut triggers = Vec::new();
     let mut secrets = BTreeMap::new();
     for name in config.managed_names() {
-        let (store, writer) = reflector::store();
+        let cache = Arc::new(Secrets::default());
         let watch = watches.register(Watched::Secrets(name.clone()));
         let selected = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let changes = reflected(
-            Api::<Secret>::all(client.clone()),
-            selected,
-            writer,
-            relisted.clone(),
-            watches.clone(),
-            watch,
-            || {},
+        triggers.push(
+            reflected(
+                watches::watch(Api::<Secret>::all(client.clone()), selected),
+                KeepSecrets(cache.clone()),
+                (relisted.clone(), false),
+                watches.clone(),
+                watch,
+            )
+            .map(watches::Change::into_inner)
+            .boxed(),
         );
-        controller = controller.watches_stream(changes.map(|c| Ok(c.into_object())), namespace_of);
-        secrets.insert(name, namespace::Watched { store, watch });
+        secrets.insert(name, namespace::Watched { cache, watch });
     }
-    (controller, secrets)
+    (triggers, secrets)
 }
 
-/// The ServiceAccount watch: its changes, and its store with the index of names by
-/// namespace that the watch keeps current.
-fn service_account_watch(
-    api: Api<ServiceAccount>,
-    relisted: futures::channel::mpsc::UnboundedSender<()>,
-    watches: &Arc<Watches>,
-    names: Arc<ByNamespace>,
-) -> (
-    impl futures::Stream<Item = Change<ServiceAccount>> + Send + 'static,
-    namespace::Watched<ServiceAccount>,
-) {
-    let (store, writer) = reflector::store();
-    let watch = watches.register(Watched::ServiceAccounts);
-    let changes = reflected(
-        api,
-        watcher::Config::default(),
-        writer,
-        relisted,
-        watches.clone(),
-        watch,
-        {
-            let (names, store) = (names.clone(), store.clone());
-            move || names.rebuild(&store)
-        },
-    )
-    .inspect(move |change| match change {
-        Change::Applied(sa) => names.applied(sa),
-        Change::Deleted(sa) => names.deleted(sa),
-    });
-    (changes, namespace::Watched { store, watch })
-}
-
-/// The namespace watch, as the controller's triggers: a namespace that appears or changes;
-/// one deleted is forgotten by the ledger (and, after a relist, which sends no deletions,
-/// every one that is gone).
-fn namespace_triggers(
-    api: Api<Namespace>,
-    writer: reflector::store::Writer<Namespace>,
-    namespaces: reflector::Store<Namespace>,
-    relisted: futures::channel::mpsc::UnboundedSender<()>,
-    (watches, id): (Arc<Watches>, watches::WatchId),
-    ledger: Arc<Mutex<Ledger>>,
-    metrics: Arc<Metrics>,
-) -> impl futures::Stream<Item = Result<Namespace, watcher::Error>> + Send + 'static {
-    let lock = |ledger: &Mutex<Ledger>| {
-        ledger
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .tracked_and_selected()
-    };
-    let (on_list, on_change) = ((ledger.clone(), metrics.clone()), (ledger, metrics));
-    reflected(
-        api,
-        watcher::Config::default(),
-        writer,
-        relisted,
-        watches,
-        id,
-        move || {
-            let (ledger, metrics) = &on_list;
-            ledger
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|ns| namespaces.get(&ObjectRef::new(ns)).is_some());
-            let (tracked, selected) = lock(ledger);
-            metrics.namespaces_tracked(tracked);
-            metrics.namespaces_selected(selected);
-        },
-    )
-    .filter_map(move |event| {
-        let trigger = match event {
-            Change::Applied(ns) => Some(Ok(ns)),
-            Change::Deleted(ns) => {
-                let (ledger, metrics) = &on_change;
-                ledger
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .forget(ns.metadata.name.as_deref().unwrap_or_default());
-                let (tracked, selected) = lock(ledger);
-                metrics.namespaces_tracked(tracked);
-                metrics.namespaces_selected(selected);
-                None
-            }
-        };
-        std::future::ready(trigger)
-    })
-}
-
-/// Readiness for what this replica is, once the election has answered: a standby is ready
-/// once its caches are filled; a leader once it has reconciled every namespace in this
-/// term. The ledger follows leadership here too: a new term starts from nothing, a standby
-/// keeps nothing and exports no selection.
-async fn readiness(
+/// `concurrency` workers reconcile what the queue hands out until `stop`; then the
+/// reconciliations under way finish (each stops writing as its leadership ends) and
+/// nothing new starts.
+async fn work(
     ctx: Arc<Ctx>,
-    mut leading: watch::Receiver<Leadership>,
-    namespace_watch: watches::WatchId,
+    queue: &Arc<Queue>,
+    concurrency: u16,
+    mut stop: watch::Receiver<bool>,
 ) {
-    // Every replica looks like a standby until the election first answers; one that is
-    // about to lead must not report ready before it has reconciled anything.
-    if leading.changed().await.is_err() {
-        return;
-    }
-    until_usable(&ctx.namespaces, &ctx.watches, namespace_watch, &ctx.stop).await;
-    loop {
-        let now = *leading.borrow_and_update();
-        {
-            let mut ledger = ctx.ledger();
-            // A replica that already leads may have reconciled (and noted) a whole small
-            // first pass meanwhile: the same term is not started over.
-            if ledger.follow(now) || !now.is_leading() {
-                ctx.health
-                    .reconciled
-                    .store(!now.is_leading(), Ordering::Relaxed);
-            }
-            ctx.metrics.namespaces_selected(ledger.selected());
-            ctx.metrics.namespaces_tracked(ledger.tracked());
-        }
-        if leading.changed().await.is_err() {
-            return;
-        }
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (ctx, queue) = (ctx.clone(), queue.clone());
+            tokio::spawn(async move {
+                while let Some(name) = queue.next().await {
+                    let then = reconcile_namespace(&name, &ctx).await;
+                    queue.done(&name, then);
+                }
+            })
+        })
+        .collect();
+    let _ = stop.wait_for(|s| *s).await;
+    queue.close();
+    for w in workers {
+        let _ = w.await;
     }
 }

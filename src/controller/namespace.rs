@@ -1,31 +1,33 @@
 //! One namespace's reconciliation in the controller, with what every reconciliation shares.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use rand::Rng as _;
 use tokio::sync::watch;
 
 use crate::admin::Health;
 use crate::config::Config;
 use crate::events::Events;
-use crate::lease::{Election, Permit};
+use crate::lease::{Election, Pace, Permit};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, Freshness, Outcome, TokenView};
+use crate::reconcile::{self, Assignment, Context, Outcome, TokenView, Written};
 use crate::refresher;
-use crate::secrets::Writer;
+use crate::secrets::{Stored, Writer};
 
+use super::accounts::Tended;
+use super::cache::{Namespaces, Secrets, secret_deleted, secret_written};
 use super::ledger::Ledger;
+use super::queue::Then;
 use super::watches::{WatchId, Watches, until_usable};
 
-/// A store and the watch that fills it.
-pub(super) struct Watched<K: kube::Resource<DynamicType = ()> + 'static> {
-    pub(super) store: Store<K>,
+/// A cache and the watch that fills it.
+#[derive(Debug)]
+pub(super) struct Watched<C> {
+    pub(super) cache: Arc<C>,
     pub(super) watch: WatchId,
 }
 
@@ -41,77 +43,24 @@ pub(super) struct Ctx {
     pub(super) election: Election,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) watches: Arc<Watches>,
-    pub(super) namespaces: Store<Namespace>,
+    pub(super) namespaces: Watched<Namespaces>,
     /// Regcred's secrets, by name: the configured names and the former ones.
-    pub(super) secrets: BTreeMap<String, Watched<Secret>>,
-    pub(super) service_accounts: Option<Watched<ServiceAccount>>,
-    /// The names of the ServiceAccounts in the store, by namespace.
-    pub(super) service_account_names: Arc<ByNamespace>,
+    pub(super) secrets: BTreeMap<String, Watched<Secrets>>,
+    /// `None` when ServiceAccounts are left alone.
+    pub(super) service_accounts: Option<Tended>,
     /// Per-namespace bookkeeping of this term. The first reconciliation of each namespace
     /// leaves a sound, fresh secret alone even if it holds an older token (a previous
-    /// leader's, or sync's), so a restart or failover is not a write to every namespace;
-    /// later ones want exactly the current token, which repairs any edit.
+    /// leader's, or sync's), so a restart or failover is not a write to every namespace,
+    /// and later ones do too while the secrets are the ones it found; once one changed
+    /// they want exactly the current token, which repairs any edit.
     pub(super) ledger: Arc<Mutex<Ledger>>,
+    /// Client-side pacing of writes (`--max-writes-per-second`).
+    pub(super) pace: Option<Arc<Pace>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+/// Why a reconciliation failed (retried with backoff).
+#[derive(Debug)]
 pub(super) struct Failed(String);
-
-/// Object names by namespace: what a store cannot answer without a scan of everything.
-#[derive(Debug, Default)]
-pub(super) struct ByNamespace(Mutex<HashMap<String, BTreeSet<String>>>);
-
-impl ByNamespace {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn key<K: kube::Resource>(obj: &K) -> Option<(String, String)> {
-        Some((obj.meta().namespace.clone()?, obj.meta().name.clone()?))
-    }
-
-    pub(super) fn applied<K: kube::Resource>(&self, obj: &K) {
-        if let Some((ns, name)) = Self::key(obj) {
-            self.map().entry(ns).or_default().insert(name);
-        }
-    }
-
-    pub(super) fn deleted<K: kube::Resource>(&self, obj: &K) {
-        if let Some((ns, name)) = Self::key(obj) {
-            let mut map = self.map();
-            if let Some(names) = map.get_mut(&ns) {
-                names.remove(&name);
-                if names.is_empty() {
-                    map.remove(&ns);
-                }
-            }
-        }
-    }
-
-    /// Starts over from what a store holds (after a relist, which sends no deletions).
-    pub(super) fn rebuild<K>(&self, store: &Store<K>)
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + 'static,
-    {
-        let mut map: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for obj in store.state() {
-            if let Some((ns, name)) = Self::key(obj.as_ref()) {
-                map.entry(ns).or_default().insert(name);
-            }
-        }
-        *self.map() = map;
-    }
-
-    fn names_in(&self, namespace: &str) -> Vec<String> {
-        self.map()
-            .get(namespace)
-            .map(|n| n.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
 
 impl Ctx {
     pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -121,35 +70,30 @@ impl Ctx {
     }
 }
 
-pub(super) async fn reconcile_namespace(
-    ns: Arc<Namespace>,
-    ctx: Arc<Ctx>,
-) -> Result<Action, Failed> {
-    let Some(fence) = ctx.election.fence() else {
-        return Ok(Action::await_change());
-    };
-    let name = ns.metadata.name.clone().unwrap_or_default();
-    // Stores whose watch fails before its first list are not waited for: what depends on
-    // them is left out (and reported by the watch), the rest is served.
-    let mut unknown = BTreeSet::new();
-    let mut stored = BTreeMap::new();
-    for (secret, watched) in &ctx.secrets {
-        if !until_usable(&watched.store, &ctx.watches, watched.watch, &ctx.stop).await {
-            unknown.insert(secret.clone());
-            continue;
-        }
-        if let Some(found) = watched.store.get(&ObjectRef::new(secret).within(&name)) {
-            stored.insert(secret.clone(), Secret::clone(&found));
-        }
+/// Reconciles one namespace (if it still exists) and says when to look at it again.
+pub(super) async fn reconcile_namespace(name: &str, ctx: &Ctx) -> Then {
+    match reconcile_inner(name, ctx).await {
+        Ok(then) => then,
+        Err(e) => error_policy(name, &e, ctx),
     }
-    let service_accounts = match &ctx.service_accounts {
-        Some(w) if until_usable(&w.store, &ctx.watches, w.watch, &ctx.stop).await => {
-            Some(ctx.service_accounts_in(&w.store, &name))
-        }
-        _ => None,
+}
+
+async fn reconcile_inner(name: &str, ctx: &Ctx) -> Result<Then, Failed> {
+    let Some(fence) = ctx.election.fence() else {
+        return Ok(Then::Wait);
     };
+    let Some(ns) = ctx.namespaces.cache.get(name) else {
+        // Deleted meanwhile: nothing to do, nothing to remember.
+        return Ok(Then::Wait);
+    };
+    let Gathered {
+        stored,
+        unknown,
+        service_accounts,
+        strays,
+    } = gather(name, &ns, ctx).await?;
     if *ctx.stop.borrow() {
-        return Ok(Action::await_change());
+        return Ok(Then::Wait);
     }
     // Only tokens fetched in this very term: a replica that led before holds none of then.
     let view = ctx.tokens.borrow().clone();
@@ -158,12 +102,12 @@ pub(super) async fn reconcile_namespace(
     } else {
         Arc::new(TokenView::default())
     };
-    let freshness = if ctx.ledger().is_reconciled(&name) {
-        Freshness::Exact
-    } else {
-        Freshness::SoundAndFresh
-    };
-    let permit = Permit::fenced(fence.clone());
+    let found = fingerprint(&stored);
+    let freshness = ctx.ledger().freshness(name, found);
+    let mut permit = Permit::fenced(fence.clone());
+    if let Some(pace) = &ctx.pace {
+        permit = permit.paced(pace.clone());
+    }
     let started = Instant::now();
     let report = reconcile::namespace(
         &Context {
@@ -176,6 +120,7 @@ pub(super) async fn reconcile_namespace(
             metrics: Some(&ctx.metrics),
             events: Some(&ctx.events),
             permit: &permit,
+            written: Some(&|w| ctx.take_in(w)),
         },
         &ns,
         &stored,
@@ -195,43 +140,142 @@ pub(super) async fn reconcile_namespace(
             _ => None,
         })
         .collect();
+    if failures.is_empty()
+        && !pending
+        && service_accounts.is_some()
+        && let Some(tended) = &ctx.service_accounts
+    {
+        tended.mended(name, &strays);
+    }
     // A pass made before every token was at hand left fresh secrets alone for want of a
     // token; only one made with them counts as the first, so the pass their arrival
     // triggers still leaves fresh secrets alone instead of rewriting every namespace.
     let reconciled = !pending && ctx.has_every_token(&view);
     ctx.note(
         fence.term(),
-        &name,
+        name,
         report.is_selected(),
-        reconciled,
+        (reconciled, found),
         failures.is_empty(),
     );
     if pending {
         // The token (or the next leader) comes with a full reconciliation of its own.
-        return Ok(Action::await_change());
+        return Ok(Then::Wait);
     }
     if failures.is_empty() {
-        // A secret left with an older token is looked at again when that token is due.
         Ok(recheck_after(
             &report.expiries,
+            earliest_token(&view),
             ctx.config.refresh.before,
             jiff::Timestamp::now(),
         )
-        .map_or_else(Action::await_change, Action::requeue))
+        .map_or(Then::Wait, Then::After))
     } else {
         Err(Failed(failures.join("; ")))
     }
 }
 
+/// What the caches hold of a namespace.
+struct Gathered {
+    /// regcred's secrets, by name.
+    stored: BTreeMap<String, Stored>,
+    /// Secret names whose cache cannot be used (left alone).
+    unknown: BTreeSet<String>,
+    /// `None`: not known, references left alone.
+    service_accounts: Option<Vec<ServiceAccount>>,
+    /// The strays among them.
+    strays: Vec<String>,
+}
+
+async fn gather(name: &str, ns: &Namespace, ctx: &Ctx) -> Result<Gathered, Failed> {
+    // Caches whose watch fails before its first list are not waited for: what depends on
+    // them is left out (and reported by the watch), the rest is served.
+    let mut unknown = BTreeSet::new();
+    let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
+    for (secret, watched) in &ctx.secrets {
+        if !until_usable(&ctx.watches, watched.watch, &ctx.stop).await {
+            unknown.insert(secret.clone());
+            continue;
+        }
+        if let Some(found) = watched.cache.get(name, Stored::clone) {
+            stored.insert(secret.clone(), found);
+        }
+    }
+    let (service_accounts, strays) = match &ctx.service_accounts {
+        Some(tended) => {
+            // A managed secret about to go takes every reference to it along, whoever
+            // made it: then every ServiceAccount of the namespace is read.
+            let deleting = ctx.config.managed_names().iter().any(|secret| {
+                matches!(
+                    reconcile::assign(&ctx.config, ns, secret),
+                    Assignment::Remove
+                ) && stored.get(secret).is_some_and(Stored::is_managed)
+            });
+            tended
+                .in_namespace(&ctx.client, &ctx.watches, &ctx.stop, name, deleting)
+                .await
+                .map_err(Failed)?
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Gathered {
+        stored,
+        unknown,
+        service_accounts,
+        strays,
+    })
+}
+
+/// The secrets of a namespace as found (names and resourceVersions), in one number: any
+/// write to any of them changes it.
+fn fingerprint(stored: &BTreeMap<String, Stored>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    for (name, s) in stored {
+        name.hash(&mut h);
+        s.resource_version().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The earliest expiry among the tokens at hand: its renewal brings a full reconciliation
+/// (the tokens change), before which nothing holding a token at least as young is due.
+fn earliest_token(view: &TokenView) -> Option<jiff::Timestamp> {
+    view.tokens.values().map(|t| t.expires_at).min()
+}
+
+fn error_policy(name: &str, error: &Failed, ctx: &Ctx) -> Then {
+    let failures = {
+        let mut ledger = ctx.ledger();
+        // Checked under the ledger's lock: a namespace deleted meanwhile (its cache entry
+        // goes before the ledger forgets it) is not brought back into the ledger.
+        if ctx.namespaces.cache.contains(name) {
+            ledger.failed(name)
+        } else {
+            1
+        }
+    };
+    let delay = refresher::backoff(&ctx.config.refresh, failures, rand::rng().random::<f64>());
+    tracing::debug!(namespace = name, error = %error.0, retry_in = ?delay, "will retry");
+    Then::After(delay)
+}
+
 /// When to look at a namespace again so none of its secrets passes its renewal point
 /// unnoticed: `before` ahead of the earliest expiry, or half-way there for a token that
-/// lives less than `before`; at least a second from now.
+/// lives less than `before`; at least a second from now. Not at all when every secret holds
+/// a token expiring no earlier than the earliest token at hand (`tokens`): that one's
+/// renewal, before theirs falls due, reconciles every namespace anyway — so a namespace
+/// costs nothing between passes.
 fn recheck_after(
     expiries: &[jiff::Timestamp],
+    tokens: Option<jiff::Timestamp>,
     before: jiff::SignedDuration,
     now: jiff::Timestamp,
 ) -> Option<Duration> {
     let earliest = expiries.iter().min()?;
+    if tokens.is_some_and(|t| *earliest >= t) {
+        return None;
+    }
     let left = earliest.duration_since(now);
     let wait = if left > before {
         left - before
@@ -246,38 +290,31 @@ fn recheck_after(
     Some(wait.max(Duration::from_secs(1)))
 }
 
-#[allow(clippy::needless_pass_by_value)] // The error-policy signature kube-runtime asks for.
-pub(super) fn error_policy(ns: Arc<Namespace>, error: &Failed, ctx: Arc<Ctx>) -> Action {
-    let name = ns.metadata.name.clone().unwrap_or_default();
-    let failures = {
-        let mut ledger = ctx.ledger();
-        // Checked under the ledger's lock: a namespace deleted meanwhile (its store entry
-        // goes before the ledger forgets it) is not brought back into the ledger.
-        if ctx.namespaces.get(&ObjectRef::new(&name)).is_some() {
-            ledger.failed(&name)
-        } else {
-            1
-        }
-    };
-    let delay = refresher::backoff(&ctx.config.refresh, failures, rand::rng().random::<f64>());
-    tracing::debug!(namespace = name, error = %error, retry_in = ?delay, "will retry");
-    Action::requeue(delay)
-}
-
 impl Ctx {
-    /// Every ServiceAccount of the namespace (the listed ones get the reference, any other
-    /// may carry one regcred recorded and must lose).
-    fn service_accounts_in(
-        &self,
-        store: &Store<ServiceAccount>,
-        namespace: &str,
-    ) -> Vec<ServiceAccount> {
-        self.service_account_names
-            .names_in(namespace)
-            .into_iter()
-            .filter_map(|n| store.get(&ObjectRef::new(&n).within(namespace)))
-            .map(|sa| ServiceAccount::clone(&sa))
-            .collect()
+    /// Takes regcred's own write into the caches at once (see [`Written`]).
+    fn take_in(&self, written: Written<'_>) {
+        match written {
+            Written::Secret { secret, over } => {
+                let name = secret.metadata.name.as_deref().unwrap_or_default();
+                if let Some(w) = self.secrets.get(name) {
+                    secret_written(&w.cache, secret, over);
+                }
+            }
+            Written::SecretGone {
+                namespace,
+                name,
+                resource_version,
+            } => {
+                if let Some(w) = self.secrets.get(name) {
+                    secret_deleted(&w.cache, namespace, resource_version);
+                }
+            }
+            Written::ServiceAccount { account, over } => {
+                if let Some(tended) = &self.service_accounts {
+                    tended.patched(account, over);
+                }
+            }
+        }
     }
 
     /// Whether `view` holds a token for every configured source.
@@ -290,12 +327,21 @@ impl Ctx {
 
     /// Notes a reconciliation's result in the ledger (if its term still runs) and the
     /// gauges; readiness follows once every namespace has been reconciled in this term.
-    fn note(&self, term: u64, namespace: &str, selected: bool, reconciled: bool, succeeded: bool) {
+    fn note(
+        &self,
+        term: u64,
+        namespace: &str,
+        selected: bool,
+        reconciled: (bool, u64),
+        succeeded: bool,
+    ) {
         let mut ledger = self.ledger();
-        // Checked under the ledger's lock: a namespace deleted meanwhile (its store entry
+        // Checked under the ledger's lock: a namespace deleted meanwhile (its cache entry
         // goes before the ledger forgets it) is not brought back into the ledger.
-        let exists = self.namespaces.get(&ObjectRef::new(namespace)).is_some();
-        if !exists || !ledger.note(term, namespace, selected, reconciled, succeeded) {
+        let namespaces = self.namespaces.cache.entries();
+        if !namespaces.contains(namespace)
+            || !ledger.note(term, namespace, selected, reconciled, succeeded)
+        {
             return;
         }
         self.metrics.namespaces_selected(ledger.selected());
@@ -303,12 +349,12 @@ impl Ctx {
         if self.health.reconciled.load(Ordering::Relaxed) {
             return;
         }
-        let all = self.namespaces.state();
-        if all
-            .iter()
-            .all(|ns| ledger.is_reconciled(ns.metadata.name.as_deref().unwrap_or_default()))
+        // Counted first (the ledger holds only namespaces that exist), looked at one by one
+        // only when the count says every one may be done.
+        let all = namespaces.len();
+        if ledger.reconciled() >= all && namespaces.keys().iter().all(|ns| ledger.is_reconciled(ns))
         {
-            tracing::info!(namespaces = all.len(), "first full reconciliation done");
+            tracing::info!(namespaces = all, "first full reconciliation done");
             self.health.reconciled.store(true, Ordering::Relaxed);
         }
     }
@@ -323,20 +369,41 @@ mod tests {
     fn namespaces_are_looked_at_again_before_their_tokens_are_due() {
         let now: Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
         let h = SignedDuration::from_hours;
-        assert_eq!(recheck_after(&[], h(6), now), None);
+        assert_eq!(recheck_after(&[], None, h(6), now), None);
         assert_eq!(
-            recheck_after(&[now + h(12), now + h(8)], h(6), now),
+            recheck_after(&[now + h(12), now + h(8)], None, h(6), now),
             Some(Duration::from_hours(2))
         );
         // Shorter than `before`: half-way to expiry.
         assert_eq!(
-            recheck_after(&[now + SignedDuration::from_secs(20)], h(6), now),
+            recheck_after(&[now + SignedDuration::from_secs(20)], None, h(6), now),
             Some(Duration::from_secs(10))
         );
         // Already past: soon, but never at once.
         assert_eq!(
-            recheck_after(&[now - h(1)], h(6), now),
+            recheck_after(&[now - h(1)], None, h(6), now),
             Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn a_namespace_holding_the_current_token_waits_for_its_renewal() {
+        let now: Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
+        let h = SignedDuration::from_hours;
+        // It holds the token at hand (or a younger one): the token's renewal reconciles
+        // every namespace before this one is due, so it keeps no timer.
+        assert_eq!(
+            recheck_after(&[now + h(12)], Some(now + h(12)), h(6), now),
+            None
+        );
+        assert_eq!(
+            recheck_after(&[now + h(13)], Some(now + h(12)), h(6), now),
+            None
+        );
+        // An older token (a previous leader's, left alone as sound): looked at when due.
+        assert_eq!(
+            recheck_after(&[now + h(8)], Some(now + h(12)), h(6), now),
+            Some(Duration::from_hours(2))
         );
     }
 }

@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use rand::Rng as _;
 use tokio::sync::watch;
@@ -57,14 +56,15 @@ pub(super) fn changes<T: Clone + Send + Sync + 'static>(
     })
 }
 
-/// An object a watch saw change, after its store took the change in.
+/// An object a watch saw change, after its cache took the change in: the namespace it
+/// belongs to.
 pub(super) enum Change<K> {
     Applied(K),
     Deleted(K),
 }
 
 impl<K> Change<K> {
-    pub(super) fn into_object(self) -> K {
+    pub(super) fn into_inner(self) -> K {
         match self {
             Self::Applied(k) | Self::Deleted(k) => k,
         }
@@ -88,7 +88,8 @@ pub(super) enum Watched {
     Namespaces,
     /// Regcred's secrets of one name, in every namespace.
     Secrets(String),
-    ServiceAccounts,
+    /// ServiceAccounts of one name (or of every name), in every namespace.
+    ServiceAccounts(Option<String>),
 }
 
 impl Watched {
@@ -97,13 +98,14 @@ impl Watched {
         match self {
             Self::Namespaces => "namespaces",
             Self::Secrets(_) => "secrets",
-            Self::ServiceAccounts => "serviceaccounts",
+            Self::ServiceAccounts(_) => "serviceaccounts",
         }
     }
 
     fn describe(&self) -> String {
         match self {
             Self::Secrets(name) => format!("secrets named {name}"),
+            Self::ServiceAccounts(Some(name)) => format!("serviceaccounts named {name}"),
             other => other.resource().to_owned(),
         }
     }
@@ -115,7 +117,7 @@ impl Watched {
             Self::Secrets(name) => format!(
                 "regcred needs get, list and watch on secrets named {name} in every namespace (a ClusterRole rule: apiGroups [\"\"], resources [secrets], verbs [get, list, watch, patch, update, delete], resourceNames [{name}])"
             ),
-            Self::ServiceAccounts => "regcred needs get, list, watch and patch on serviceaccounts in every namespace, because secrets[].serviceAccounts is set (a ClusterRole rule: apiGroups [\"\"], resources [serviceaccounts], verbs [get, list, watch, patch])".to_owned(),
+            Self::ServiceAccounts(_) => "regcred needs get, list, watch and patch on serviceaccounts in every namespace, because secrets[].serviceAccounts is set (a ClusterRole rule: apiGroups [\"\"], resources [serviceaccounts], verbs [get, list, watch, patch])".to_owned(),
         }
     }
 }
@@ -160,6 +162,8 @@ impl State {
 /// reconciliations (which ask whether a store can be used).
 pub(super) struct Watches {
     states: Mutex<Vec<State>>,
+    /// Bumped whenever a watch lists or fails, for [`until_usable`].
+    changed: watch::Sender<()>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     events: Events,
@@ -186,6 +190,7 @@ impl Watches {
     ) -> Self {
         Self {
             states: Mutex::default(),
+            changed: watch::Sender::new(()),
             metrics,
             health,
             events,
@@ -224,9 +229,17 @@ impl Watches {
         }
     }
 
-    fn succeeded(&self, id: WatchId, listed: bool) {
+    /// Notes a working watch (`listed`: a full list was taken in). Returns whether
+    /// reconciliations may have gone without this watch's cache as it is now: it had listed
+    /// before (a relist), or it failed before its first list (what depends on it was left
+    /// out meanwhile).
+    fn succeeded(&self, id: WatchId, listed: bool) -> bool {
         let mut states = self.states();
         let state = &mut states[id.0];
+        let relist_needed = state.listed || state.failing.is_some();
+        if listed && !state.listed {
+            self.changed.send_replace(());
+        }
         state.listed |= listed;
         if let Some(f) = state.failing.take() {
             tracing::info!(
@@ -236,6 +249,7 @@ impl Watches {
             );
             self.update(&states);
         }
+        relist_needed
     }
 
     fn failed(&self, id: WatchId, error: &watcher::Error) {
@@ -250,6 +264,9 @@ impl Watches {
         let mut states = self.states();
         let state = &mut states[id.0];
         let first = state.failing.is_none();
+        if first {
+            self.changed.send_replace(());
+        }
         let changed = state.failing.as_ref().is_some_and(|f| f.error != text);
         let failing = state.failing.get_or_insert_with(|| Failing {
             since: Instant::now(),
@@ -300,82 +317,94 @@ impl Watches {
     }
 }
 
-/// A watch reflected into `writer`'s store: single changes as they come, and `on_listed`
-/// then a signal on `relisted` whenever a full list has been taken in. Errors are retried with
-/// [`WatchBackoff`] and reported to `watches`, never passed on (one broken watch must not
-/// pause the others' triggers). Stored objects drop their `managedFields`, which nothing
-/// here reads and which were about a third of a stored Secret or Namespace.
+/// How one watch's objects go into its cache. Each method returns the namespace the object
+/// belongs to (a namespace is its own), for the trigger.
+pub(super) trait Keep<K>: Send + 'static {
+    /// A (re)list begins.
+    fn begin(&mut self);
+    /// An object listed, created or changed.
+    fn apply(&mut self, obj: K) -> Option<String>;
+    /// An object gone.
+    fn delete(&mut self, obj: K) -> Option<String>;
+    /// The (re)list ended: what it did not list is gone.
+    fn end(&mut self);
+}
+
+/// A watch's events taken into its cache through `keep`: single changes come out as they
+/// happen (the namespace concerned), and whenever a full list has been taken in, `relisted`
+/// gets a signal (the controller then reconciles every namespace: a list sends no deletions,
+/// and a trigger for an object new in it would come before the list is whole).
+///
+/// Not after the first list of a watch that never failed, unless `first_list` says so (the
+/// namespaces'): reconciliations wait for that list and read it whole, and a second pass
+/// right after the first would want exactly the current token everywhere, rewriting every
+/// sound secret a previous leader left. Errors are retried by the stream's backoff and
+/// reported to `watches`, never passed on (one broken watch must not pause the others'
+/// triggers).
 pub(super) fn reflected<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    relisted: futures::channel::mpsc::UnboundedSender<()>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    mut keep: impl Keep<K>,
+    (relisted, first_list): (futures::channel::mpsc::UnboundedSender<()>, bool),
     watches: Arc<Watches>,
     id: WatchId,
-    on_listed: impl Fn() + Send + 'static,
-) -> impl Stream<Item = Change<K>> + Send + 'static
+) -> impl Stream<Item = Change<String>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Send + 'static,
 {
-    watcher(api, config.page_size(LIST_PAGE))
-        .backoff(WatchBackoff::default())
-        .modify(|obj| obj.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .filter_map(move |event| {
-            let change = match event {
-                Ok(watcher::Event::Apply(k)) => {
-                    watches.succeeded(id, false);
-                    Some(Change::Applied(k))
-                }
-                Ok(watcher::Event::Delete(k)) => {
-                    watches.succeeded(id, false);
-                    Some(Change::Deleted(k))
-                }
-                Ok(watcher::Event::InitDone) => {
-                    watches.succeeded(id, true);
-                    on_listed();
+    events.filter_map(move |event| {
+        let change = match event {
+            Ok(watcher::Event::Apply(k)) => {
+                watches.succeeded(id, false);
+                keep.apply(k).map(Change::Applied)
+            }
+            Ok(watcher::Event::Delete(k)) => {
+                watches.succeeded(id, false);
+                keep.delete(k).map(Change::Deleted)
+            }
+            Ok(watcher::Event::Init) => {
+                keep.begin();
+                None
+            }
+            Ok(watcher::Event::InitApply(k)) => {
+                keep.apply(k);
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                keep.end();
+                if watches.succeeded(id, true) || first_list {
                     let _ = relisted.unbounded_send(());
-                    None
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
-                Err(e) => {
-                    watches.failed(id, &e);
-                    None
-                }
-            };
-            std::future::ready(change)
-        })
+                None
+            }
+            Err(e) => {
+                watches.failed(id, &e);
+                None
+            }
+        };
+        std::future::ready(change)
+    })
 }
 
-#[allow(clippy::needless_pass_by_value)] // The mapper signature kube-runtime asks for.
-pub(super) fn namespace_of<K: kube::Resource>(obj: K) -> Option<ObjectRef<Namespace>> {
-    obj.meta().namespace.as_deref().map(ObjectRef::new)
+/// A watch of `api`'s objects as `config` selects them, paged and retried as every watch
+/// here is.
+pub(super) fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher(api, config.page_size(LIST_PAGE)).backoff(WatchBackoff::default())
 }
 
-/// Waits until a store holds its first full list, or its watch fails before it has one
-/// (then returns false), or `stop` fires (false too).
-///
-/// Not `Store::wait_until_ready` alone: in kube-runtime 5 it wakes only the last of several
-/// concurrent waiters (its `DelayedInit` polls one oneshot receiver, which keeps one waker),
-/// so with reconciliations waiting at once all but one hung for ever: their namespaces were
-/// never served, readiness never came, and SIGTERM never finished. Looking again every 50 ms
-/// cannot miss the moment.
-pub(super) async fn until_usable<K>(
-    store: &Store<K>,
+/// Waits until a watch has its first full list (true), or fails before it has one, or
+/// `stop` fires (false).
+pub(super) async fn until_usable(
     watches: &Watches,
     id: WatchId,
     stop: &watch::Receiver<bool>,
-) -> bool
-where
-    K: reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+) -> bool {
+    let mut changed = watches.changed.subscribe();
     loop {
         if *stop.borrow() {
             return false;
@@ -383,11 +412,10 @@ where
         if let Some(usable) = watches.usable(id) {
             return usable;
         }
-        if tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready())
-            .await
-            .is_ok()
-        {
-            return true;
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = stop.changed() => {}
         }
     }
 }
@@ -399,7 +427,7 @@ mod tests {
     #[test]
     fn a_forbidden_watch_names_the_rule_it_needs() {
         let state = State {
-            watched: Watched::ServiceAccounts,
+            watched: Watched::ServiceAccounts(Some("default".into())),
             listed: false,
             failing: Some(Failing {
                 since: Instant::now(),
@@ -411,7 +439,7 @@ mod tests {
         assert!(state.reportable(), "it never listed");
         let problem = state.problem().unwrap();
         assert!(
-            problem.starts_with("cannot watch serviceaccounts: forbidden (regcred needs get, list, watch and patch on serviceaccounts"),
+            problem.starts_with("cannot watch serviceaccounts named default: forbidden (regcred needs get, list, watch and patch on serviceaccounts"),
             "{problem}"
         );
         let listed = State {

@@ -18,7 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
-use crate::secrets::{self, Served};
+use crate::secrets::{self, Served, Stored};
 
 pub use credentials::{ARGOCD_SECRET_TYPE_LABEL, BASIC_AUTH_TYPE, OPAQUE_TYPE};
 pub use entries::{Problem, expand};
@@ -89,8 +89,8 @@ impl Format {
 
     /// Whether a stored secret has this shape's type (a type cannot change in place).
     #[must_use]
-    pub fn has_type(self, secret: &Secret) -> bool {
-        secret.type_.as_deref() == Some(self.secret_type())
+    pub fn has_type(self, stored: &Stored) -> bool {
+        stored.type_() == Some(self.secret_type())
     }
 }
 
@@ -143,12 +143,15 @@ pub fn desired(
 
 /// Whether the stored secret already holds exactly what regcred would write. Keys and
 /// metadata others added to a credential secret (Argo CD's `project`, say) are theirs and do
-/// not count.
+/// not count. A pull secret is judged from its digests; a secret of another shape is kept
+/// whole by [`Stored`] (few of them exist) and judged from that.
 #[must_use]
-pub fn is_current(format: Format, stored: &Secret, desired: &Secret) -> bool {
+pub fn is_current(format: Format, stored: &Stored, desired: &Secret) -> bool {
     match format {
-        Format::Dockerconfigjson => secrets::is_current(stored, desired),
-        _ => credentials::is_current(stored, desired),
+        Format::Dockerconfigjson => stored.is_current(desired),
+        _ => stored
+            .content()
+            .is_some_and(|s| credentials::is_current(s, desired)),
     }
 }
 
@@ -157,14 +160,16 @@ pub fn is_current(format: Format, stored: &Secret, desired: &Secret) -> bool {
 #[must_use]
 pub fn is_sound_and_fresh(
     format: Format,
-    stored: &Secret,
+    stored: &Stored,
     served: &BTreeSet<&str>,
     now: Timestamp,
     before: SignedDuration,
 ) -> bool {
     match format {
-        Format::Dockerconfigjson => secrets::is_sound_and_fresh(stored, served, now, before),
-        _ => credentials::is_sound_and_fresh(format, stored, served, now, before),
+        Format::Dockerconfigjson => stored.is_sound_and_fresh(served, now, before),
+        _ => stored
+            .content()
+            .is_some_and(|s| credentials::is_sound_and_fresh(format, s, served, now, before)),
     }
 }
 
@@ -173,11 +178,11 @@ pub fn is_sound_and_fresh(
 #[must_use]
 pub fn kept_entries(
     format: Format,
-    stored: &Secret,
+    stored: &Stored,
     served: &BTreeSet<&str>,
 ) -> BTreeMap<String, Value> {
     match format {
-        Format::Dockerconfigjson => secrets::kept_entries(stored, served),
+        Format::Dockerconfigjson => stored.kept_entries(served),
         _ => BTreeMap::new(),
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::Pace;
 use crate::secrets::API_TIMEOUT;
 
 /// What the election concluded for this replica.
@@ -114,25 +115,49 @@ impl Fence {
 pub struct NotLeading;
 
 /// How long the next API call of a piece of work may take: [`API_TIMEOUT`], or less when the
-/// work is fenced and its term ends sooner — after which no call is made at all.
+/// work is fenced and its term ends sooner — after which no call is made at all; and, when
+/// writes are paced, when the next write may go.
 #[derive(Clone, Debug, Default)]
-pub struct Permit(Option<Fence>);
+pub struct Permit {
+    fence: Option<Fence>,
+    pace: Option<Arc<Pace>>,
+}
 
 impl Permit {
     /// No election (`sync`, `cleanup`): every call may take [`API_TIMEOUT`].
     #[must_use]
     pub fn always() -> Self {
-        Self(None)
+        Self::default()
     }
 
     #[must_use]
     pub fn fenced(fence: Fence) -> Self {
-        Self(Some(fence))
+        Self {
+            fence: Some(fence),
+            pace: None,
+        }
+    }
+
+    /// Writes under this permit wait for their turn of `pace`.
+    #[must_use]
+    pub fn paced(self, pace: Arc<Pace>) -> Self {
+        Self {
+            pace: Some(pace),
+            ..self
+        }
+    }
+
+    /// Waits for the next write's turn (at once when writes are not paced). Asked before
+    /// [`Permit::next_call`], so the wait never eats into the time a write may take.
+    pub async fn write_turn(&self) {
+        if let Some(pace) = &self.pace {
+            pace.turn().await;
+        }
     }
 
     /// The time the next call may take, or why it may not be made.
     pub fn next_call(&self) -> Result<Duration, NotLeading> {
-        match &self.0 {
+        match &self.fence {
             None => Ok(API_TIMEOUT),
             Some(fence) => fence
                 .remaining()

@@ -6,8 +6,10 @@
 //! Clocks of different nodes are never compared.
 
 mod fence;
+mod pace;
 
 pub use fence::{Election, Fence, Leadership, NotLeading, Permit};
+pub use pace::Pace;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,8 +2,10 @@
 //! execution through the thin writers. `sync` runs this over every namespace once; the
 //! controller runs it whenever a namespace, secret or ServiceAccount changes.
 
+mod context;
 mod plan;
 
+pub use context::{Context, Written};
 pub use plan::{Assignment, Freshness, Step, TokenView, assign, plan};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,11 +14,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::Api;
 
-use crate::config::{Config, SecretConfig, ServiceAccounts};
-use crate::events::Events;
-use crate::lease::Permit;
-use crate::metrics::{Metrics, WriteResult};
-use crate::secrets::{self, Writer};
+use crate::config::{SecretConfig, ServiceAccounts};
+use crate::metrics::WriteResult;
+use crate::secrets::{self, Stored};
 use crate::serviceaccounts::{self, Want};
 
 /// The outcome for one secret slot of a namespace.
@@ -79,30 +79,6 @@ impl Report {
     }
 }
 
-/// Everything execution needs, shared by every namespace of a pass.
-#[derive(Clone)]
-pub struct Context<'a> {
-    pub client: &'a kube::Client,
-    pub writer: &'a Writer,
-    pub config: &'a Config,
-    pub tokens: &'a TokenView,
-    pub freshness: Freshness,
-    pub dry_run: bool,
-    pub metrics: Option<&'a Metrics>,
-    pub events: Option<&'a Events>,
-    /// Whether and for how long each write may be made (the controller's leadership).
-    pub permit: &'a Permit,
-}
-
-impl std::fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("freshness", &self.freshness)
-            .field("dry_run", &self.dry_run)
-            .finish_non_exhaustive()
-    }
-}
-
 /// How many times a slot is re-read and re-planned after a write conflict.
 const CONFLICT_ATTEMPTS: usize = 3;
 
@@ -135,7 +111,7 @@ enum Leaving {
 pub async fn namespace(
     ctx: &Context<'_>,
     ns: &Namespace,
-    stored: &BTreeMap<String, Secret>,
+    stored: &BTreeMap<String, Stored>,
     service_accounts: Option<&[ServiceAccount]>,
     unknown: &BTreeSet<String>,
 ) -> Report {
@@ -164,19 +140,18 @@ pub async fn namespace(
                     .collect::<Vec<_>>()
                     .join("] and secrets[")
             )),
-            Assignment::Remove => match stored.get(&secret_name).filter(|s| secrets::is_managed(s))
-            {
+            Assignment::Remove => match stored.get(&secret_name).filter(|s| s.is_managed()) {
                 None => {
                     links.insert(secret_name.clone(), Link::DropOurs);
                     Outcome::Absent
                 }
                 Some(s) => {
-                    let (link, going) = match secrets::given_back(s) {
+                    let (link, going) = match s.given_back() {
                         Some(back) => (Link::DropOurs, Leaving::GiveBack(Box::new(back))),
                         None => (
                             Link::DropAll,
                             Leaving::Delete {
-                                resource_version: s.metadata.resource_version.clone(),
+                                resource_version: s.resource_version(),
                             },
                         ),
                     };
@@ -237,7 +212,7 @@ async fn serve(
     ctx: &Context<'_>,
     namespace: &str,
     spec: &SecretConfig,
-    mut stored: Option<Secret>,
+    mut stored: Option<Stored>,
     report: &mut Report,
 ) -> Outcome {
     for _ in 0..CONFLICT_ATTEMPTS {
@@ -260,7 +235,7 @@ async fn serve(
                 };
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
                 stored = match tokio::time::timeout(within, api.get_opt(spec.name.as_str())).await {
-                    Ok(Ok(fresh)) => fresh,
+                    Ok(Ok(fresh)) => fresh.map(Stored::of),
                     Ok(Err(e)) => {
                         return Outcome::Failed(format!(
                             "read secret {namespace}/{}: {e}",
@@ -290,13 +265,13 @@ async fn execute(
     namespace: &str,
     spec: &SecretConfig,
     step: Step,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     report: &mut Report,
 ) -> Result<Outcome, secrets::Error> {
     let name = spec.name.as_str();
     let (secret, outcome) = match step {
         Step::Unchanged => {
-            report.expiries.extend(stored.and_then(secrets::expires_at));
+            report.expiries.extend(stored.and_then(Stored::expires_at));
             return Ok(Outcome::Unchanged);
         }
         Step::Foreign => return Ok(Outcome::Foreign),
@@ -331,9 +306,14 @@ async fn execute(
                     .planned
                     .push(format!("would {verb} secret {namespace}/{name}"));
             } else {
-                ctx.writer
+                let now = ctx
+                    .writer
                     .apply(&secret, over.as_deref(), ctx.permit)
                     .await?;
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: over.as_deref(),
+                });
             }
             (secret, outcome)
         }
@@ -349,7 +329,16 @@ async fn execute(
                 ctx.writer
                     .delete(namespace, name, resource_version.as_deref(), ctx.permit)
                     .await?;
-                ctx.writer.apply(&secret, None, ctx.permit).await?;
+                ctx.note(Written::SecretGone {
+                    namespace,
+                    name,
+                    resource_version: resource_version.as_deref(),
+                });
+                let now = ctx.writer.apply(&secret, None, ctx.permit).await?;
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: None,
+                });
             }
             (secret, Outcome::Updated)
         }
@@ -394,7 +383,14 @@ async fn remove(
                     ctx.permit,
                 )
                 .await
-                .map(|()| Outcome::Removed)
+                .map(|()| {
+                    ctx.note(Written::SecretGone {
+                        namespace,
+                        name: secret_name,
+                        resource_version: resource_version.as_deref(),
+                    });
+                    Outcome::Removed
+                })
         }
         Leaving::GiveBack(back) => {
             if ctx.dry_run {
@@ -403,10 +399,13 @@ async fn remove(
                 ));
                 return Outcome::GivenBack;
             }
-            ctx.writer
-                .give_back(&back, ctx.permit)
-                .await
-                .map(|()| Outcome::GivenBack)
+            ctx.writer.give_back(&back, ctx.permit).await.map(|now| {
+                ctx.note(Written::Secret {
+                    secret: &now,
+                    over: back.metadata.resource_version.as_deref(),
+                });
+                Outcome::GivenBack
+            })
         }
     };
     match done {
@@ -454,7 +453,12 @@ async fn relink(
             continue;
         }
         match serviceaccounts::update(ctx.client, sa, &wants, ctx.permit).await {
-            Ok(serviceaccounts::Outcome::Patched(done)) => {
+            Ok(serviceaccounts::Outcome::Patched(patched)) => {
+                ctx.note(Written::ServiceAccount {
+                    account: &patched.now,
+                    over: patched.over.as_deref(),
+                });
+                let done = patched.change;
                 report.service_accounts_patched += 1;
                 tracing::info!(
                     namespace = report.namespace,
@@ -485,7 +489,7 @@ async fn record(
     ctx: &Context<'_>,
     ns: &Namespace,
     secret_name: &str,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     outcome: &Outcome,
 ) {
     let namespace = ns.metadata.name.as_deref().unwrap_or_default();
@@ -512,13 +516,15 @@ async fn record(
                 "secret exists and is not managed by regcred; leaving it alone (set adopt: true to take it over)"
             );
             if let Some(events) = ctx.events.filter(|_| !ctx.dry_run) {
-                events.foreign_secret(ns, stored, secret_name).await;
+                let regarding = stored.map(|s| s.reference(namespace, secret_name));
+                events.foreign_secret(ns, regarding, secret_name).await;
             }
         }
         Outcome::Failed(why) => {
             tracing::warn!(namespace, secret = secret_name, error = %why, "could not bring the secret in line");
             if let Some(events) = ctx.events.filter(|_| !ctx.dry_run) {
-                events.failed(ns, stored, secret_name, why).await;
+                let regarding = stored.map(|s| s.reference(namespace, secret_name));
+                events.failed(ns, regarding, secret_name, why).await;
             }
         }
         Outcome::Created | Outcome::Updated | Outcome::Removed | Outcome::GivenBack => {

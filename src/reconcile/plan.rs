@@ -11,7 +11,7 @@ use crate::ecr::Token;
 use crate::formats;
 use crate::namespaces::Verdict;
 use crate::registry::TokenSource;
-use crate::secrets::{self, Served};
+use crate::secrets::{Served, Stored};
 
 /// Which configuration entry, if any, serves a secret name in a namespace.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ pub enum Step {
 pub fn plan(
     spec: &SecretConfig,
     namespace: &str,
-    stored: Option<&Secret>,
+    stored: Option<&Stored>,
     tokens: &TokenView,
     now: Timestamp,
     before: jiff::SignedDuration,
@@ -108,16 +108,16 @@ pub fn plan(
 ) -> Step {
     let format = spec.format;
     let hosts: BTreeSet<&str> = spec.registries.iter().map(|r| r.registry.host()).collect();
-    let resource_version = stored.and_then(|s| s.metadata.resource_version.clone());
+    let resource_version = stored.and_then(Stored::resource_version);
     if let Some(s) = stored {
-        let managed = secrets::is_managed(s);
+        let managed = s.is_managed();
         if !managed && !spec.adopt {
             return Step::Foreign;
         }
         if !managed && !format.has_type(s) {
             return Step::CannotAdopt(format!(
                 "it has type {:?}, which cannot be changed in place; delete it and regcred will create its own",
-                s.type_.as_deref().unwrap_or_default()
+                s.type_().unwrap_or_default()
             ));
         }
         if freshness == Freshness::SoundAndFresh
@@ -155,7 +155,7 @@ pub fn plan(
         kept,
     ));
     match stored {
-        Some(s) if secrets::is_managed(s) && !format.has_type(s) => Step::Replace {
+        Some(s) if s.is_managed() && !format.has_type(s) => Step::Replace {
             secret: desired,
             resource_version,
         },
@@ -172,6 +172,7 @@ mod tests {
     use super::*;
     use crate::dockerconfig::Credential;
     use crate::registry::Registry;
+    use crate::secrets;
     use jiff::SignedDuration;
     use kube::api::ObjectMeta;
 
@@ -252,7 +253,7 @@ mod tests {
         assert!(
             matches!(plan(spec, "a", None, &none, now, six, Freshness::SoundAndFresh), Step::NeedsTokens(s) if s.len() == 1)
         );
-        let fresh = written(plan(
+        let fresh = Stored::of(written(plan(
             spec,
             "a",
             None,
@@ -260,7 +261,7 @@ mod tests {
             now,
             six,
             Freshness::SoundAndFresh,
-        ));
+        )));
         assert!(matches!(
             plan(
                 spec,
@@ -334,7 +335,7 @@ mod tests {
             plan(
                 &c.secrets[0],
                 "a",
-                Some(&foreign),
+                Some(&Stored::of(foreign.clone())),
                 &tokens,
                 now,
                 six,
@@ -346,7 +347,7 @@ mod tests {
         match plan(
             &adopt.secrets[0],
             "a",
-            Some(&foreign),
+            Some(&Stored::of(foreign.clone())),
             &tokens,
             now,
             six,
@@ -370,7 +371,7 @@ mod tests {
             plan(
                 &adopt.secrets[0],
                 "a",
-                Some(&opaque),
+                Some(&Stored::of(opaque)),
                 &tokens,
                 now,
                 six,
@@ -402,7 +403,7 @@ mod tests {
             plan(
                 spec,
                 "argocd",
-                Some(&created),
+                Some(&Stored::of(created.clone())),
                 &tokens,
                 now,
                 six,
@@ -420,7 +421,7 @@ mod tests {
             plan(
                 spec,
                 "argocd",
-                Some(&theirs),
+                Some(&Stored::of(theirs.clone())),
                 &tokens,
                 now,
                 six,
@@ -433,7 +434,7 @@ mod tests {
             ..Secret::default()
         };
         assert!(matches!(
-            plan(spec, "argocd", Some(&pull), &tokens, now, six, Freshness::Exact),
+            plan(spec, "argocd", Some(&Stored::of(pull)), &tokens, now, six, Freshness::Exact),
             Step::CannotAdopt(why) if why.contains("kubernetes.io/dockerconfigjson")
         ));
         // regcred's own secret of another shape under the same name: the format changed.
@@ -443,7 +444,7 @@ mod tests {
             plan(
                 spec,
                 "argocd",
-                Some(&was_basic),
+                Some(&Stored::of(was_basic.clone())),
                 &tokens,
                 now,
                 six,
@@ -472,7 +473,7 @@ mod tests {
             plan(
                 &c.secrets[0],
                 "a",
-                Some(&broken),
+                Some(&Stored::of(broken)),
                 &tokens,
                 now,
                 SignedDuration::from_hours(6),

@@ -1,8 +1,10 @@
 //! The pull Secret: what it should hold (pure data), how a stored one compares, and the one
 //! thin writer that puts it in place by server-side apply.
 
+mod stored;
 mod writer;
 
+pub use stored::{Digest, Stored};
 pub use writer::{Error, Writer};
 
 use std::collections::{BTreeMap, BTreeSet};

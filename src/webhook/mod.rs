@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::controller::Namespaces;
 use clap::Args;
 use hyper::StatusCode;
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -150,7 +150,7 @@ pub fn hosts(serve: &ServeArgs, namespace: &str) -> std::collections::BTreeSet<S
 /// Answers admission requests.
 pub struct Admit {
     config: Arc<Config>,
-    namespaces: Store<Namespace>,
+    namespaces: Arc<Namespaces>,
     client: kube::Client,
     metrics: Arc<Metrics>,
     own_namespace: String,
@@ -209,10 +209,8 @@ impl Admit {
         };
         let namespace = request.namespace.as_deref().unwrap_or_default();
         let images = pod.images();
-        let known = self
-            .namespaces
-            .get(&ObjectRef::new(namespace))
-            .map(|ns| ns.metadata.labels.clone().unwrap_or_default());
+        // The cache keeps the labels some selector reads: all the answer depends on.
+        let known = self.namespaces.labels(namespace);
         let wanted =
             match admission::wanted_secrets(&self.config, namespace, known.as_ref(), &images) {
                 Ok(w) => w,
@@ -271,7 +269,7 @@ pub struct Parts {
     pub client: kube::Client,
     pub config: Arc<Config>,
     /// The controller's cache of namespaces (every replica fills it).
-    pub namespaces: Store<Namespace>,
+    pub namespaces: Arc<Namespaces>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     /// regcred's own namespace: never mutated, and where the Secret lives.

@@ -5,6 +5,7 @@
 //! re-exported so a test needs only `use common::*`.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+pub mod audit;
 pub mod helm;
 pub mod image;
 pub mod pods;

@@ -1,7 +1,6 @@
 //! A leader whose API calls hang, and one told to stop: with a TCP proxy in front of the API
 //! server that stalls or slows, and the API server's audit log to tell who wrote when.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
+use crate::common::audit::{audit_log, audited_cluster, writes_by};
 use crate::common::*;
 use crate::world::{World, leads};
 
@@ -152,66 +152,6 @@ async fn pump(
             }
         }
     }
-}
-
-/// One request from the API server's audit log.
-#[derive(Debug)]
-struct Audited {
-    user: String,
-    verb: String,
-    resource: String,
-    name: String,
-    received: jiff::Timestamp,
-    completed: jiff::Timestamp,
-}
-
-fn audit_log(path: &Path) -> Vec<Audited> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter_map(|e| {
-            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-            Some(Audited {
-                user: s(&e["user"]["username"]),
-                verb: s(&e["verb"]),
-                resource: s(&e["objectRef"]["resource"]),
-                name: s(&e["objectRef"]["name"]),
-                received: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
-                completed: e["stageTimestamp"].as_str()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-fn username(who: &Identity) -> String {
-    format!("system:serviceaccount:{}:{}", who.namespace, who.name)
-}
-
-const WRITES: [&str; 4] = ["create", "patch", "update", "delete"];
-
-/// Writes to `resource` by `who` that the API server answered with success or failure.
-fn writes_by<'a>(log: &'a [Audited], who: &Identity, resource: &str) -> Vec<&'a Audited> {
-    let user = username(who);
-    log.iter()
-        .filter(|a| a.user == user && a.resource == resource && WRITES.contains(&a.verb.as_str()))
-        .collect()
-}
-
-/// A private cluster whose API server keeps an audit log of every request.
-fn audited_cluster(dir: &Path) -> (PrivateCluster, PathBuf) {
-    let log = dir.join("audit.log");
-    let policy = dir.join("audit-policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n",
-    )
-    .unwrap();
-    let cluster = PrivateCluster::start(&[
-        format!("--audit-log-path={}", log.display()),
-        format!("--audit-policy-file={}", policy.display()),
-    ]);
-    (cluster, log)
 }
 
 /// The leader's API calls hang (its proxy stalls) while a standby with a working connection
