@@ -346,7 +346,12 @@ impl Ctx {
         }
         self.metrics.namespaces_selected(ledger.selected());
         self.metrics.namespaces_tracked(ledger.tracked());
-        if self.health.reconciled.load(Ordering::Relaxed) {
+        // Not before the namespaces' first list is whole: a secret watch's list may have
+        // reconciled every namespace of a cache still filling, which would say ready while
+        // namespaces that existed at the start were yet to come.
+        if self.health.reconciled.load(Ordering::Relaxed)
+            || self.watches.usable(self.namespaces.watch) != Some(true)
+        {
             return;
         }
         // Counted first (the ledger holds only namespaces that exist), looked at one by one
