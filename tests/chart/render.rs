@@ -48,6 +48,10 @@ fn helm_lint_passes_for_both_modes_and_catches_bad_values() {
             secrets_values(&json!([{"name": "regcred", "registries": []}])),
             "at '/config/secrets/0/registries'",
         ),
+        (
+            json!({"maxWritesPerSecond": 0}),
+            "at '/maxWritesPerSecond': minimum: got 0, want 1",
+        ),
     ] {
         let file = values_file(&values);
         let out = helm(&["lint", chart, "-f", file.path().to_str().unwrap()]);
@@ -146,6 +150,14 @@ fn controller_mode_renders_a_leader_elected_hardened_deployment() {
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
     // No AWS credentials of any kind unless asked for.
     assert!(env_names(c).iter().all(|n| !n.starts_with("AWS_")));
+    // Writes are unpaced unless asked for; then the controller gets the limit.
+    assert!(!env_names(c).contains("REGCRED_MAX_WRITES_PER_SECOND"));
+    let paced = render(&json!({"maxWritesPerSecond": 200}));
+    let paced_container = container(&one(&paced, "Deployment")["spec"]["template"]["spec"]);
+    assert_eq!(
+        env_var(paced_container, "REGCRED_MAX_WRITES_PER_SECOND")["value"],
+        "200"
+    );
     // The config file mounted is the ConfigMap, and regcred accepts it.
     let text = one(&objects, "ConfigMap")["data"]["config.yaml"]
         .as_str()

@@ -207,6 +207,10 @@ containers:
             fieldPath: metadata.name
       - name: REGCRED_LEASE_NAME
         value: {{ $root.Values.leaderElection.leaseName | quote }}
+      {{- with $root.Values.maxWritesPerSecond }}
+      - name: REGCRED_MAX_WRITES_PER_SECOND
+        value: {{ . | toString | quote }}
+      {{- end }}
       {{- end }}
       {{- with $root.Values.apiServer.host }}
       # The API server's address instead of the kubernetes Service's.
