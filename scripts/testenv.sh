@@ -104,7 +104,7 @@ install_go() {
   GO_TMP=$(mktemp -d "$CACHE/go-build.XXXXXX")
   trap 'rm -rf "$GO_TMP"' EXIT
   chmod 755 "$GO_TMP" # mktemp makes it 0700
-  log "building Kubernetes $K8S_VERSION (${GO_BINARIES[*]}) into $GOBIN_DIR (first time only; about 12 min on 2 cores)"
+  log "building Kubernetes $K8S_VERSION (${GO_BINARIES[*]}) into $GOBIN_DIR (first time only; about 5 min on 2 cores)"
   (cd "$TESTENV" && CGO_ENABLED=0 go build -trimpath -ldflags="$LDFLAGS" -o "$GO_TMP/bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet go.etcd.io/etcd/server/v3 \
