@@ -44,16 +44,7 @@ async fn a_forbidden_watch_is_reported_and_everything_else_is_served() {
         create_namespace(&admin, ns, &[]).await;
         create_service_account(&admin, ns, "default", &[]).await;
     }
-    let (cmd, _key) = regcred(&who);
-    let mut run = Running::start(
-        cmd,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--lease-namespace",
-            &who.namespace,
-        ],
-    );
+    let mut run = run_as(&who, &config, &[]);
     let hosts = [stack().var("REGCRED_TEST_REGISTRY")];
     wait_for("every secret written", Duration::from_secs(30), || async {
         let mut ok = true;

@@ -16,18 +16,6 @@ use serde_json::json;
 const RECORD: &str = "regcred.io/image-pull-secrets";
 const SELECTED: (&str, &str) = ("regcred-test/serve", "on");
 
-async fn references(admin: &kube::Client, ns: &str, sa: &str) -> Vec<String> {
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .get(sa)
-        .await
-        .expect("get serviceaccount")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
 /// A ServiceAccount holding these references, and regcred's record of `recorded` (as an
 /// earlier configuration that listed it would have left it).
 async fn account(
@@ -87,26 +75,17 @@ async fn service_accounts_are_watched_by_name_and_the_others_still_mended() {
         SELECTED.0,
         SELECTED.1
     ));
-    let (cmd, _key) = regcred(&who);
-    let run = Running::start(
-        cmd,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--lease-namespace",
-            &who.namespace,
-        ],
-    );
+    let run = run_as(&who, &config, &[]);
     run.wait_ready(Duration::from_mins(1)).await;
     wait_for("references in line", Duration::from_secs(20), || async {
-        let done = references(&admin, &kept, "builder").await == ["other", secret.as_str()]
-            && references(&admin, &kept, "old").await == ["other"]
-            && references(&admin, &dropped, "builder").await == ["other", secret.as_str()];
+        let done = pull_secret_names(&admin, &kept, "builder").await == ["other", secret.as_str()]
+            && pull_secret_names(&admin, &kept, "old").await == ["other"]
+            && pull_secret_names(&admin, &dropped, "builder").await == ["other", secret.as_str()];
         done.then_some(())
     })
     .await;
     assert_eq!(
-        references(&admin, &kept, "ci").await,
+        pull_secret_names(&admin, &kept, "ci").await,
         [secret.as_str()],
         "a reference someone else made stays while the secret does"
     );
@@ -125,8 +104,8 @@ async fn service_accounts_are_watched_by_name_and_the_others_still_mended() {
         Duration::from_secs(20),
         || async {
             let gone = get_secret(&admin, &dropped, &secret).await.is_none()
-                && references(&admin, &dropped, "ci").await.is_empty()
-                && references(&admin, &dropped, "builder").await == ["other"];
+                && pull_secret_names(&admin, &dropped, "ci").await.is_empty()
+                && pull_secret_names(&admin, &dropped, "builder").await == ["other"];
             gone.then_some(())
         },
     )
@@ -181,18 +160,7 @@ async fn writes_are_paced_when_asked() {
         "secrets:\n  - name: {secret}\n    registries:\n{}    namespaces:\n      include: [\"{prefix}-*\"]\n",
         registry_alias_yaml()
     ));
-    let (cmd, _key) = regcred(&who);
-    let run = Running::start(
-        cmd,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--lease-namespace",
-            &who.namespace,
-            "--max-writes-per-second",
-            "4",
-        ],
-    );
+    let run = run_as(&who, &config, &["--max-writes-per-second", "4"]);
     run.wait_ready(Duration::from_mins(1)).await;
     let names: Vec<String> = (0..8).map(|i| format!("{prefix}-{i}")).collect();
     create_namespaces_at_once(&admin, &names, &[], 8).await;

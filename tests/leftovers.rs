@@ -287,16 +287,7 @@ async fn turning_service_account_patching_off_removes_regcreds_references() {
 
     let off = format!("secrets:\n{}", entry(&name, &ns, ""));
     let (_dir, file) = config_file(&off);
-    let (cmd, _) = regcred(&who);
-    let run = Running::start(
-        cmd,
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--lease-namespace",
-            &who.namespace,
-        ],
-    );
+    let run = run_as(&who, &file, &[]);
     run.wait_ready(Duration::from_mins(1)).await;
     wait_for(
         "regcred's reference removed",
@@ -361,16 +352,7 @@ async fn the_controller_forgets_deleted_namespaces() {
         "secrets:\n{}",
         entry(&name, &format!("{prefix}-*"), "")
     ));
-    let (cmd, _) = regcred(&who);
-    let run = Running::start(
-        cmd,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--lease-namespace",
-            &who.namespace,
-        ],
-    );
+    let run = run_as(&who, &config, &[]);
     run.wait_ready(Duration::from_mins(1)).await;
     let tracked = || run.metric("regcred_namespaces_tracked");
     let existing = Api::<Namespace>::all(admin.clone())

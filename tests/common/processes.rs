@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{TokenInfo, free_port, http, root, stack, token_info_at, wait_for};
+use super::{Identity, TokenInfo, free_port, http, root, stack, token_info_at, wait_for};
 
 /// A private fake AWS (moto wrapped by `testenv/fake_aws.py`) that a test may stop and
 /// start again, unlike the shared one.
@@ -231,4 +231,17 @@ impl Drop for Running {
             }
         }
     }
+}
+
+/// `regcred run --config CONFIG --lease-namespace <who's namespace> ARGS...` as `who`.
+pub fn run_as(who: &Identity, config: &Path, args: &[&str]) -> Running {
+    let (cmd, _key) = super::regcred(who);
+    let mut all = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--lease-namespace",
+        &who.namespace,
+    ];
+    all.extend_from_slice(args);
+    Running::start(cmd, &all)
 }
